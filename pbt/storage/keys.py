@@ -1,0 +1,39 @@
+"""Validation of user-supplied names before they become object keys or file paths.
+
+Study names and trial ids end up inside ``s3://bucket/prefix/<study>/...`` and
+``/some/dir/<study>/...``. Anything that could escape the prefix (``..``, absolute
+paths, backslashes, control characters) is refused here, once, so back ends can trust keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pbt.errors import InvalidNameError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is safe as a single path segment, else raise InvalidNameError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, and no '..'"
+        )
+    return name
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if every '/'-separated segment is safe; keys are always relative."""
+    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key or "//" in key:
+        raise InvalidNameError(f"invalid storage key {key!r}: keys are relative, '/'-separated paths")
+    for segment in key.split("/"):
+        if segment in {"", ".", ".."} or any(ord(c) < 32 for c in segment):
+            raise InvalidNameError(f"invalid storage key {key!r}: segment {segment!r} is not allowed")
+    return key
+
+
+def join(*parts: str) -> str:
+    """Join key parts with '/' and validate the result."""
+    return validate_key("/".join(p.strip("/") for p in parts if p))

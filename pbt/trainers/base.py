@@ -1,0 +1,68 @@
+"""The black box: what a user's training code implements so pbt can drive it.
+
+Nothing of PBT leaks into the model: the worker constructs the trainer with the study's
+static ``trainer.config``, hands it the trial's hyperparameters, optionally restores a
+checkpoint (the parent's for a warm start, or the trial's own after a crash), trains for a
+number of steps in chunks, evaluates, and saves. Any framework works as long as ``save``
+writes plain files into a directory and ``load`` reads them back.
+
+Call order in one trial attempt::
+
+    trainer = TrainerClass(config)          # static config from the study file
+    trainer.setup(hparams, seed=seed)       # build model/optimiser for these hparams
+    trainer.load(directory)                 # only when warm-starting or resuming;
+                                            # the hparams given to setup stay in force
+    trainer.train(n)                        # repeatedly, n <= checkpoint interval
+    trainer.evaluate() -> {"metric": value} # after the last chunk (and optionally between)
+    trainer.save(directory)                 # in-trial checkpoints and the final one
+
+``load`` must restore everything ``train`` needs to continue exactly (weights, optimiser
+state, RNG state, the trainer's own step counter) and must then re-apply the hyperparameters
+passed to ``setup`` (for example the learning rate of the optimiser's param groups): that is
+how PBT's exploit (copy the parent's state) and explore (new hyperparameters) compose.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pbt.errors import SpecError
+
+HParams = Mapping[str, Any]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    def setup(self, hparams: HParams, *, seed: int) -> None: ...
+
+    def train(self, steps: int) -> Mapping[str, float] | None: ...
+
+    def evaluate(self) -> Mapping[str, float]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+def load_trainer_class(path: str) -> type:
+    """Resolve ``"package.module:ClassName"``; the error says which half failed and why."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise SpecError(f"trainer.path: {path!r} must look like 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the user's module raises on import
+        raise SpecError(f"trainer.path: cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SpecError(f"trainer.path: module {module_name!r} has no attribute {attr!r}") from None
+    missing = [m for m in ("setup", "train", "evaluate", "save", "load") if not callable(getattr(obj, m, None))]
+    if missing:
+        raise SpecError(f"trainer.path: {path!r} does not implement the trainer protocol (missing {missing})")
+    return obj
