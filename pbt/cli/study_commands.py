@@ -1,0 +1,213 @@
+"""``pbt run`` and ``pbt status``: start or resume a study, and look at one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pbt.cli import app
+from pbt.cli.common import cli_errors, console, out, setup_logging
+
+
+@app.command()
+def run(
+    study_file: Path = typer.Argument(..., help="study YAML file", exists=False, dir_okay=False),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        "-s",
+        envvar="PBT_STORAGE",
+        help="where checkpoints and records go: a path, file:///abs/path or s3://bucket/prefix (overrides the file)",
+    ),
+    broker: str | None = typer.Option(
+        None,
+        "--broker",
+        "-b",
+        envvar="PBT_BROKER_URL",
+        help="redis://[:password@]host:port/db of Celery workers; without it trials run on this machine",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="overrides the file's seed"),
+    name: str | None = typer.Option(None, "--name", help="overrides the study name (a new study)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+) -> None:
+    """Run a study to the end, or resume it from its records if it already exists."""
+    setup_logging(verbose)
+    with cli_errors():
+        from pbt.launch import run_study
+        from pbt.spec import load_spec
+
+        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
+        show = not quiet and not json_out and console.is_terminal
+        where = "Celery workers via " + _redacted(spec.broker) if spec.broker else "embedded workers"
+        console.print(f"study [bold]{spec.name}[/bold]: {spec.algorithm.name} on {where}; records in {spec.storage}")
+        progress = _ProgressView(spec) if show else None
+        try:
+            snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
+        finally:
+            if progress:
+                progress.stop()
+        _print_outcome(spec, json_out)
+        if not snapshot.finished:
+            raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    study: str = typer.Argument(..., help="study name"),
+    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help="the study's storage URI"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON object: study spec, trials, best"),
+) -> None:
+    """Show a study's trials and its best result (works while it runs)."""
+    with cli_errors():
+        from pbt.spec import parse_spec
+
+        data = _load(study, storage)
+        if json_out:
+            print(json.dumps(data))
+            return
+        spec = parse_spec(data["study"], check_trainer=False)
+        _print_table(spec, data)
+
+
+def _load(study: str, storage: str) -> dict:
+    from pbt.results import best_trial, trial_json
+    from pbt.spec import parse_spec
+    from pbt.storage import open_object_store
+    from pbt.storage.keys import validate_name
+    from pbt.storage.study_store import StudyStore
+
+    store = StudyStore(open_object_store(storage), validate_name(study, "study name"))
+    spec_doc = store.read_spec()
+    trials = store.load_trials()
+    spec = parse_spec(spec_doc, check_trainer=False)
+    best = best_trial(trials, spec.objective)
+    return {
+        "study": spec_doc,
+        "trials": [trial_json(t) for t in trials],
+        "best": trial_json(best) if best else None,
+        "state": store.read_doc("state"),
+    }
+
+
+def _redacted(url: str) -> str:
+    from pbt.spec import redact_url
+
+    return redact_url(url)
+
+
+class _ProgressView:
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.by_steps = spec.budget.total_steps is not None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        total = spec.budget.total_steps or spec.budget.max_trials
+        self.task = self.progress.add_task("steps" if self.by_steps else "trials", total=total, info="")
+        self.progress.start()
+
+    def update(self, snap) -> None:
+        done = snap.steps_done if self.by_steps else snap.by_status.get("completed", 0)
+        best = "—" if snap.best is None else f"{snap.best.objective:.6g} ({snap.best.id})"
+        ended = sum(snap.by_status.get(s, 0) for s in ("completed", "failed", "stopped"))
+        failed = snap.by_status.get("failed", 0)
+        info = f"trials {ended} done, {snap.in_flight} running" + (f", {failed} failed" if failed else "")
+        self.progress.update(self.task, completed=done, info=f"{info} | best {self.spec.objective.metric} {best}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _print_outcome(spec, json_out: bool) -> None:
+    from pbt.results import lineage, schedule
+
+    data = _load(spec.name, spec.storage)
+    best = data["best"]
+    if json_out:
+        print(json.dumps({"study": spec.name, "storage": spec.storage, "best": best, "trials": len(data["trials"])}))
+        return
+    if best is None:
+        console.print("[red]no trial completed[/red]; see `pbt status` for the failures")
+        return
+    from pbt.trial import Trial
+
+    trials = [Trial.model_validate(t) for t in data["trials"]]
+    best_t = next(t for t in trials if t.id == best["id"])
+    console.print(
+        f"\nbest trial [bold]{best_t.id}[/bold] {spec.objective.metric} = [bold green]{best_t.objective:.6g}"
+        f"[/bold green] after {best_t.lineage_steps} steps along its lineage (generation {best_t.generation})"
+    )
+    table = Table(title="hyperparameter schedule of the best lineage", title_justify="left")
+    table.add_column("steps")
+    table.add_column("trial")
+    for name in spec.parameters:
+        table.add_column(name, justify="right")
+    rows = schedule(lineage(trials, best_t))
+    shown = rows if len(rows) <= 24 else [*rows[:10], None, *rows[-10:]]
+    for seg in shown:
+        if seg is None:
+            table.add_row("…", "…", *["…" for _ in spec.parameters])
+            continue
+        cells = [_fmt(seg.params.get(n)) for n in spec.parameters]
+        table.add_row(f"{seg.start}–{seg.end}", seg.trial + (" ⇐" if seg.exploit else ""), *cells)
+    console.print(table)
+    console.print("⇐ = copied another member's weights (exploit) before this segment")
+    console.print(f"results: {spec.storage}/{spec.name}   (pbt status {spec.name} --storage {spec.storage})")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_table(spec, data: dict) -> None:
+    trials = data["trials"]
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    state = data.get("state") or {}
+    console.print(
+        f"study [bold]{spec.name}[/bold] ({spec.algorithm.name}): {len(trials)} trials "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + (" — finished" if state.get("finished") else "")
+    )
+    metric = spec.objective.metric
+    ranked = sorted(
+        (t for t in trials if t["objective"] is not None),
+        key=lambda t: t["objective"],
+        reverse=spec.objective.mode == "max",
+    )[:10]
+    table = Table(title=f"top trials by {metric} ({spec.objective.mode})", title_justify="left")
+    for col in ("trial", metric, "member", "gen", "lineage steps", "parent", *spec.parameters):
+        table.add_column(col)
+    for t in ranked:
+        table.add_row(
+            t["id"],
+            f"{t['objective']:.6g}",
+            str(t["member"]),
+            str(t["generation"]),
+            str(t["lineage_steps"]),
+            str(t["parent"]),
+            *[_fmt(t["params"].get(n)) for n in spec.parameters],
+        )
+    out.print(table)
+    failed = [t for t in trials if t["status"] == "failed"][:5]
+    for t in failed:
+        console.print(
+            f"[red]{t['id']} failed[/red]: {(t['error'] or '').strip().splitlines()[0] if t['error'] else ''}"
+        )

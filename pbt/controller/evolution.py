@@ -1,0 +1,145 @@
+"""The pluggable parts of PBT's evolution engine (the paper's section 3.3).
+
+PBT is an evolutionary algorithm whose individuals are trials. The generalized framework
+splits it into parts that can be swapped independently:
+
+* **fitness** — how good a trial is (the objective, or a weighted sum of several metrics);
+* **selection** — given an *initiator* (a member whose trial just ended), which trial it
+  copies: binary tournament against an opponent from the last generations (the paper's
+  default), or truncation (bottom fraction copies the top fraction, as in Jaderberg et al.);
+* **reproduction** — how the child's hyperparameters derive from the parent's (perturb
+  ×0.8/×1.2, resample from the prior with some probability, neighbours for discrete values,
+  resampling for categories).
+
+All parts are deterministic given the ``numpy`` generator they are handed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pbt.controller.view import TrialView
+from pbt.space import SearchSpace, Value
+from pbt.trial import Trial
+
+Fitness = Callable[[Trial], float]
+
+
+def objective_fitness(sign: float) -> Fitness:
+    """Fitness from the trial's objective; ``sign`` = -1 when the objective is minimised."""
+    return lambda trial: sign * float(trial.objective)  # type: ignore[arg-type]
+
+
+def weighted_fitness(weights: dict[str, float]) -> Fitness:
+    """Σ weight × metric over the trial's last evaluation; a missing metric makes it −∞."""
+
+    def fitness(trial: Trial) -> float:
+        last = trial.metrics[-1].values if trial.metrics else {}
+        total = 0.0
+        for name, weight in weights.items():
+            value = last.get(name)
+            if value is None or not math.isfinite(value):
+                return -math.inf
+            total += weight * value
+        return total
+
+    return fitness
+
+
+@dataclass(frozen=True)
+class Population:
+    """What selection may look at: the indexed trial view, each member's latest trial, fitness."""
+
+    view: TrialView
+    fitness: Fitness
+
+    @property
+    def latest(self) -> dict[int, Trial]:
+        return self.view.latest_by_member
+
+    def best_usable(self) -> Trial | None:
+        usable = [t for bucket in self.view.usable_by_generation.values() for t in bucket.values()]
+        return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
+
+
+class Selection(Protocol):
+    def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
+        """The trial the initiator's member should copy, or None to continue from its own."""
+
+    def window(self, population: Population) -> set[str]:
+        """Trial ids that a future ``choose_parent`` may still return (for checkpoint GC)."""
+
+
+@dataclass(frozen=True)
+class Tournament:
+    """Binary tournament: the initiator meets one opponent drawn from the last generations.
+
+    The opponent is a usable trial, not the initiator itself, whose generation lies within
+    ``generations`` of the initiator's. A failed initiator always loses (it cannot be a parent).
+    """
+
+    generations: int = 2
+
+    def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
+        low = initiator.generation - self.generations + 1
+        candidates = [t for t in population.view.usable_in(low, initiator.generation) if t.id != initiator.id]
+        if not candidates:
+            # Nobody in the window: a failed initiator copies the best of anything usable.
+            return None if initiator.usable else population.best_usable()
+        opponent = candidates[int(rng.integers(len(candidates)))]
+        if not initiator.usable or population.fitness(opponent) > population.fitness(initiator):
+            return opponent
+        return None
+
+    def window(self, population: Population) -> set[str]:
+        if not population.latest:
+            return set()
+        oldest = min(t.generation for t in population.latest.values()) - self.generations + 1
+        newest = max(t.generation for t in population.latest.values())
+        return {t.id for t in population.view.usable_in(oldest, newest)}
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Rank members by their latest usable trial; the bottom ``fraction`` copies the top one."""
+
+    fraction: float = 0.2
+
+    def _ranked(self, population: Population) -> list[Trial]:
+        latest = [t for t in population.latest.values() if t.usable]
+        return sorted(latest, key=lambda t: (-population.fitness(t), t.number))
+
+    def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
+        ranked = self._ranked(population)
+        cut = max(1, round(len(ranked) * self.fraction))
+        bottom = {t.id for t in ranked[-cut:]}
+        if initiator.usable and (len(ranked) < 2 or initiator.id not in bottom):
+            return None  # good enough (or nobody to compare with): keep training
+        top = [t for t in ranked[:cut] if t.id != initiator.id]
+        return top[int(rng.integers(len(top)))] if top else None
+
+    def window(self, population: Population) -> set[str]:
+        return {t.id for t in self._ranked(population)}
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """Explore: resample each parameter from the prior with ``resample_probability``, else perturb."""
+
+    space: SearchSpace
+    factors: tuple[float, float] = (0.8, 1.2)
+    resample_probability: float = 0.25
+
+    def explore(self, params: dict[str, Value], rng: np.random.Generator) -> dict[str, Value]:
+        child: dict[str, Value] = {}
+        for name, param in self.space.items():
+            if name not in params or rng.random() < self.resample_probability:
+                child[name] = param.sample(rng)
+            else:
+                child[name] = param.perturb(params[name], rng, self.factors)
+        return child

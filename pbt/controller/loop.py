@@ -1,0 +1,461 @@
+"""The controller: the only part of pbt that decides anything.
+
+Each tick it receives results and heartbeats from the executor, records them durably (and only
+then acknowledges them), asks the policy for new trials for the free slots, records and
+publishes those, re-publishes trials whose lease expired, and stops what the policy wants
+stopped. It holds no state that cannot be rebuilt from the study store: kill it at any moment
+and start it again, and it resumes.
+
+**Ordering.** With ``execution.ordering: deterministic`` (the default) results are *applied* —
+made visible to the policy — in trial-number order, one at a time, and the policy is asked for
+the free slots after each. A result that arrives early is recorded at once but stays hidden
+until every older trial has ended. The policy therefore sees the same sequence of trial lists
+whatever the number of workers, their speed or their failures, so a study is reproducible from
+its seed, embedded or distributed. ``arrival`` applies results as they come: no worker waits
+on a straggler, at the price of reproducibility.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pbt.controller.lease import Lease
+from pbt.controller.policies import make_policy
+from pbt.controller.view import TrialView
+from pbt.errors import FatalError, SpecError
+from pbt.spec import StudySpec
+from pbt.storage.base import ObjectStore
+from pbt.storage.checkpoints import CheckpointStore
+from pbt.storage.study_store import StudyStore
+from pbt.tasks.executor import Event, Executor
+from pbt.tasks.trial import trial_prefix
+from pbt.trial import Progress, Suggestion, Trial, TrialResult, TrialStatus, TrialTask
+
+log = logging.getLogger("pbt.controller")
+
+#: Fields that define what a study *is*; a resumed study must match them. Budget and
+#: execution may change between runs (give a study more steps, more parallelism).
+IDENTITY_FIELDS = ("objective", "parameters", "algorithm", "trainer", "seed")
+FALLBACK_DEPTH = 3
+
+
+@dataclass
+class Snapshot:
+    """What observers (progress bars, status) see after each tick."""
+
+    trials: int
+    by_status: dict[str, int]
+    steps_done: int
+    budget_steps: int | None
+    budget_trials: int | None
+    best: Trial | None
+    in_flight: int
+    finished: bool
+    elapsed: float
+    gc_bytes_freed: int = 0
+    workers: dict[str, object] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(
+        self,
+        spec: StudySpec,
+        executor: Executor,
+        objects: ObjectStore,
+        lease: Lease,
+        *,
+        observer: Callable[[Snapshot], None] | None = None,
+        poll_interval: float = 0.2,
+        gc_interval: float = 5.0,
+    ) -> None:
+        self.spec = spec
+        self.executor = executor
+        self.lease = lease
+        self.store = StudyStore(objects, spec.name)
+        self.checkpoints = CheckpointStore(objects)
+        self.storage_uri = objects.uri
+        self.policy = make_policy(spec)
+        self.observer = observer
+        self.poll_interval = poll_interval
+        self.gc_interval = gc_interval
+        self.deterministic = spec.execution.ordering == "deterministic"
+        self.trials: list[Trial] = []
+        self.view = TrialView()  # what the policy sees (lags self.trials in deterministic mode)
+        self.frontier = 0  # deterministic mode: trials below this number are applied
+        self.last_step = -1  # the frontier value at which the policy was last asked
+        self.exhausted = False  # the policy returned nothing at the latest step
+        self.pending_step = True  # arrival mode: something changed since the policy was last asked
+        self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
+        self.last_seen: dict[str, float] = {}
+        self.stop_sent: set[str] = set()
+        self.dirty: dict[str, Trial] = {}
+        self.best: Trial | None = None
+        self.gc_candidates: set[str] = set()
+        self.gc_bytes_freed = 0
+        self.last_gc = 0.0
+        self.started = time.time()
+
+    # Start-up and resume -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        spec_doc = self.spec.public_dict()
+        if self.store.exists():
+            stored = self.store.read_spec()
+            changed = [f for f in IDENTITY_FIELDS if stored.get(f) != spec_doc.get(f)]
+            if changed:
+                raise SpecError(
+                    f"study {self.spec.name!r} already exists in {self.storage_uri} with different "
+                    f"{', '.join(changed)}; use another study name (or storage) for a new study"
+                )
+            self.trials = self.store.load_trials()
+        self.store.write_spec(spec_doc)
+        for trial in self.trials:
+            if trial.usable and (self.best is None or self._better(trial, self.best)):
+                self.best = trial
+            if trial.status is TrialStatus.COMPLETED and trial.checkpoint and not trial.checkpoint_deleted:
+                self.gc_candidates.add(trial.id)
+        if self.deterministic:
+            self.frontier = max((t.metadata.get("created_after", 0) for t in self.trials), default=0)
+            self.last_step = self.frontier if self.trials else -1
+            for trial in self.trials:
+                self.view.append(trial if trial.number < self.frontier else self._placeholder(trial))
+        else:
+            for trial in self.trials:
+                self.view.append(trial)
+        now = time.time()
+        for trial in self.trials:
+            if trial.status.terminal:
+                continue
+            if self.executor.survives_controller:
+                self.tasks[trial.id] = self._task(trial, trial.attempts)
+                self.last_seen[trial.id] = now  # give the running attempt a lease to report in
+            else:
+                self._publish(trial)
+        self._flush()
+        if self.trials:
+            log.info("resumed study %s: %d trials, %d in flight", self.spec.name, len(self.trials), len(self.tasks))
+
+    # The loop -----------------------------------------------------------------------------
+
+    def run(self, max_seconds: float | None = None) -> Snapshot:
+        """Drive the study until the policy has nothing more to do and nothing is in flight."""
+        self.lease.acquire()
+        try:
+            self._open()
+            self._advance()
+            deadline = None if max_seconds is None else time.time() + max_seconds
+            while True:
+                events = self.executor.events(self.poll_interval)
+                for event in events:
+                    self._handle(event)
+                self._flush()
+                self.executor.ack(events)
+                self._advance()
+                self._check_leases()
+                self._early_stop()
+                self._maybe_gc()
+                self.lease.renew()
+                snapshot = self.snapshot()
+                if self.observer:
+                    self.observer(snapshot)
+                if snapshot.finished or (deadline is not None and time.time() > deadline):
+                    break
+            self._maybe_gc(force=True)
+            self.store.write_doc(
+                "state", {"finished": snapshot.finished, "at": time.time(), "best": self.best.id if self.best else None}
+            )
+            self.store.compact()
+            return self.snapshot()
+        finally:
+            self.lease.release()
+
+    def snapshot(self) -> Snapshot:
+        by_status: dict[str, int] = {}
+        for t in self.trials:
+            by_status[t.status.value] = by_status.get(t.status.value, 0) + 1
+        finished = not self.tasks and self.exhausted
+        return Snapshot(
+            trials=len(self.trials),
+            by_status=by_status,
+            steps_done=sum(t.steps_done for t in self.trials),
+            budget_steps=self.spec.budget.total_steps,
+            budget_trials=self.spec.budget.max_trials,
+            best=self.best,
+            in_flight=len(self.tasks),
+            finished=finished,
+            elapsed=time.time() - self.started,
+            gc_bytes_freed=self.gc_bytes_freed,
+            workers=self.executor.workers(),
+        )
+
+    # Events -------------------------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        message = event.message
+        trial = self._trial(message.trial_id)
+        if trial is None or trial.status.terminal:
+            return  # a duplicate delivery, or a late attempt of a finished trial: recorded once
+        self.last_seen[trial.id] = time.time()
+        if isinstance(message, Progress):
+            self._progress(trial, message)
+        else:
+            self._result(trial, message)
+
+    def _progress(self, trial: Trial, p: Progress) -> None:
+        changes: dict = {"worker": p.worker}
+        if trial.status is TrialStatus.PENDING:
+            changes.update(status=TrialStatus.RUNNING, started_at=trial.started_at or p.at)
+        if p.attempt == trial.attempts:
+            changes["steps_done"] = p.step
+        if p.metrics and (not trial.metrics or trial.metrics[-1].step < p.metrics.step):
+            changes["metrics"] = [*trial.metrics, p.metrics]
+        self._update(trial, **changes)
+
+    def _result(self, trial: Trial, r: TrialResult) -> None:
+        timings = trial.timings.add(r.timings)
+        if r.status is TrialStatus.FAILED and r.retryable and trial.attempts < self.spec.execution.max_attempts:
+            log.warning("trial %s attempt %d failed, retrying: %s", trial.id, r.attempt, _first_line(r.error))
+            trial = self._update(trial, timings=timings, worker=r.worker, error=r.error)
+            if r.attempt == trial.attempts:  # a stale attempt's failure does not retry the current one
+                self._publish(trial)
+            return
+        changes: dict = dict(
+            status=r.status,
+            steps_done=r.steps_done,
+            metrics=r.metrics or trial.metrics,
+            timings=timings,
+            objective=r.objective if r.status is TrialStatus.COMPLETED else None,
+            checkpoint=r.checkpoint,
+            resumed_from_step=r.resumed_from_step,
+            error=r.error,
+            worker=r.worker,
+            finished_at=r.finished_at or time.time(),
+        )
+        if r.warm_start and r.warm_start != trial.parent_checkpoint:
+            changes["warm_start"] = r.warm_start
+            log.warning("trial %s warm-started from fallback checkpoint %s", trial.id, r.warm_start)
+        trial = self._update(trial, **changes)
+        self.tasks.pop(trial.id, None)
+        self.last_seen.pop(trial.id, None)
+        if trial.usable:
+            if self.best is None or self._better(trial, self.best):
+                self.best = trial
+            self.gc_candidates.add(trial.id)
+        if r.status is TrialStatus.FAILED:
+            log.warning("trial %s failed: %s", trial.id, _first_line(r.error))
+        self.pending_step = True
+
+    def _better(self, a: Trial, b: Trial) -> bool:
+        return self.spec.objective.better(a.objective, b.objective)  # type: ignore[arg-type]
+
+    # Suggestions --------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Apply what can be applied and ask the policy to fill free slots, step by step."""
+        created: list[Trial] = []
+        if self.deterministic:
+            while True:
+                if self.frontier > self.last_step:
+                    self.last_step = self.frontier
+                    created += self._step()
+                if self.frontier < len(self.trials) and self.trials[self.frontier].status.terminal:
+                    self.view.replace(self.trials[self.frontier])
+                    self.frontier += 1
+                    continue
+                break
+        elif self.pending_step:
+            self.pending_step = False
+            created += self._step()
+        if created:
+            self._flush()  # a published task always has a durable record
+            for trial in created:
+                self.executor.submit(self.tasks[trial.id])
+
+    def _free(self) -> int:
+        in_flight = len(self.trials) - self.frontier if self.deterministic else len(self.tasks)
+        return max(0, self.spec.execution.parallelism - in_flight)
+
+    def _step(self) -> list[Trial]:
+        free = self._free()
+        suggestions = self.policy.suggest(self.view, free) if free > 0 else []
+        self.exhausted = not suggestions
+        return [self._create(s) for s in suggestions[:free]]
+
+    def _create(self, s: Suggestion) -> Trial:
+        number = len(self.trials)
+        parent = self._trial(s.parent) if s.parent else None
+        if s.parent and (parent is None or not parent.usable or not parent.checkpoint):
+            raise FatalError(f"policy {self.spec.algorithm.name} chose {s.parent!r} as a parent, which is not usable")
+        missing = [name for name in self.spec.parameters if name not in s.params]
+        if missing:
+            raise FatalError(f"policy {self.spec.algorithm.name} suggested no value for {missing}")
+        trial = Trial(
+            id=f"t{number:06d}",
+            study=self.spec.name,
+            number=number,
+            params=s.params,
+            parent=s.parent,
+            parent_checkpoint=parent.checkpoint if parent else None,
+            member=s.member,
+            generation=s.generation,
+            steps=s.steps,
+            start_lineage_steps=parent.lineage_steps if parent else 0,
+            created_at=time.time(),
+            metadata={**s.metadata, "created_after": self.frontier if self.deterministic else self._applied()},
+        )
+        self.trials.append(trial)
+        self.view.append(self._placeholder(trial) if self.deterministic else trial)
+        return self._publish(trial, submit=False)
+
+    def _applied(self) -> int:
+        return sum(1 for t in self.trials if t.status.terminal)
+
+    @staticmethod
+    def _placeholder(trial: Trial) -> Trial:
+        """The policy's view of a trial whose result is not applied yet: still running."""
+        return trial.model_copy(
+            update={"status": TrialStatus.RUNNING, "objective": None, "metrics": [], "steps_done": 0}
+        )
+
+    def _publish(self, trial: Trial, submit: bool = True) -> Trial:
+        trial = self._update(trial, attempts=trial.attempts + 1)
+        self.tasks[trial.id] = task = self._task(trial, trial.attempts)
+        self.last_seen[trial.id] = time.time()
+        if submit:
+            self._flush()
+            self.executor.submit(task)
+        return trial
+
+    def _task(self, trial: Trial, attempt: int) -> TrialTask:
+        return TrialTask(
+            study=self.spec.name,
+            trial_id=trial.id,
+            number=trial.number,
+            attempt=attempt,
+            params=trial.params,
+            steps=trial.steps,
+            start_lineage_steps=trial.start_lineage_steps,
+            parent=trial.parent,
+            parent_checkpoint=trial.parent_checkpoint,
+            fallback_checkpoints=self._fallbacks(trial),
+            storage=self.storage_uri,
+            trainer=self.spec.trainer.path,
+            trainer_config=self.spec.trainer.config,
+            objective_metric=self.spec.objective.metric,
+            seed=self.spec.seed,
+            checkpoint_every=self.spec.execution.checkpoint_every,
+            evaluate_every_checkpoint=self.spec.execution.evaluate_every_checkpoint,
+            published_at=time.time(),
+        )
+
+    def _fallbacks(self, trial: Trial) -> list[str]:
+        """Older checkpoints along the lineage, tried in order if the parent's fails to verify."""
+        out: list[str] = []
+        node = self._trial(trial.parent) if trial.parent else None
+        node = self._trial(node.parent) if node and node.parent else None
+        while node is not None and len(out) < FALLBACK_DEPTH:
+            if node.checkpoint and not node.checkpoint_deleted:
+                out.append(node.checkpoint)
+            node = self._trial(node.parent) if node.parent else None
+        return out
+
+    # Leases, early stopping, garbage collection ----------------------------------------------
+
+    def _check_leases(self) -> None:
+        now = time.time()
+        lease = self.spec.execution.lease_seconds
+        expired = [self.tasks[i] for i, seen in self.last_seen.items() if now - seen > lease and i in self.tasks]
+        if not expired:
+            return
+        held = self.executor.in_broker(expired)
+        for task in expired:
+            trial = self._trial(task.trial_id)
+            if trial is None:
+                continue
+            if task.trial_id in held:
+                self.last_seen[task.trial_id] = now  # still queued: not lost, just waiting
+                continue
+            if trial.attempts >= self.spec.execution.max_attempts:
+                self._result(
+                    trial,
+                    TrialResult(
+                        study=trial.study,
+                        trial_id=trial.id,
+                        attempt=trial.attempts,
+                        status=TrialStatus.FAILED,
+                        error=f"no heartbeat for {lease:g}s on attempt {trial.attempts}; attempts exhausted",
+                        finished_at=now,
+                    ),
+                )
+            else:
+                log.warning(
+                    "trial %s: no heartbeat for %.0fs, re-publishing (attempt %d)", trial.id, lease, trial.attempts + 1
+                )
+                self._publish(trial)
+        self._flush()
+
+    def _early_stop(self) -> None:
+        for trial_id in self.policy.early_stop(self.view):
+            task = self.tasks.get(trial_id)
+            if task is not None and trial_id not in self.stop_sent:
+                self.stop_sent.add(trial_id)
+                self.executor.stop(task)
+
+    def _maybe_gc(self, force: bool = False) -> None:
+        now = time.time()
+        if self.spec.execution.keep_checkpoints or (not force and now - self.last_gc < self.gc_interval):
+            return
+        self.last_gc = now
+        keep = self.policy.parent_candidates(self.view)
+        keep.update(t.parent for t in (self._trial(i) for i in self.tasks) if t and t.parent)
+        node = self.best
+        while node is not None:  # the best lineage stays for replay and inspection
+            keep.add(node.id)
+            node = self._trial(node.parent) if node.parent else None
+        for trial_id in sorted(self.gc_candidates - keep):
+            trial = self._trial(trial_id)
+            if trial is None or trial.checkpoint_deleted:
+                continue
+            if self.deterministic and trial.number >= self.frontier:
+                continue  # completed but not yet seen by the policy: it may still pick it
+            freed = 0
+            for name in self.checkpoints.list(trial_prefix(trial.study, trial.id) + "/"):
+                freed += self.checkpoints.delete(name)
+            self._update(trial, checkpoint_deleted=True)
+            self.gc_bytes_freed += freed
+            self.gc_candidates.discard(trial_id)
+        self._flush()
+
+    # Records ------------------------------------------------------------------------------
+
+    def _trial(self, trial_id: str | None) -> Trial | None:
+        if not trial_id or not trial_id.startswith("t"):
+            return None
+        try:
+            number = int(trial_id[1:])
+        except ValueError:
+            return None
+        return self.trials[number] if 0 <= number < len(self.trials) else None
+
+    def _update(self, trial: Trial, **changes) -> Trial:
+        """Records are immutable: replace the trial everywhere it is referenced."""
+        new = trial.model_copy(update=changes)
+        self.trials[new.number] = new
+        if not self.deterministic or new.number < self.frontier:
+            self.view.replace(new)
+        if self.best is not None and self.best.id == new.id:
+            self.best = new
+        self.dirty[new.id] = new
+        return new
+
+    def _flush(self) -> None:
+        if self.dirty:
+            self.store.append(self.dirty.values())
+            self.dirty = {}
+
+
+def _first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""

@@ -1,0 +1,50 @@
+"""Built-in policies, looked up by the study file's ``algorithm.name``.
+
+A custom policy is plugged in by import path (``algorithm.name: mypkg.module:MyPolicy``),
+no registry needed, as with Optuna's samplers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pbt.controller.policy import Policy
+from pbt.errors import SpecError
+from pbt.spec import StudySpec
+
+BUILTIN = {
+    "pbt": "pbt.controller.policies.pbt:PBT",
+    "random": "pbt.controller.policies.random_search:RandomSearch",
+    "grid": "pbt.controller.policies.grid:GridSearch",
+    "bayes": "pbt.controller.policies.bayes:BayesianOptimization",
+}
+
+
+def policy_class(name: str) -> type[Policy]:
+    path = BUILTIN.get(name, name)
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        raise SpecError(f"algorithm.name: unknown algorithm {name!r}; expected one of {', '.join(BUILTIN)}")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"algorithm.name: cannot load policy {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise SpecError(f"algorithm.name: {name!r} is not a pbt.controller.policy.Policy subclass")
+    return cls
+
+
+def make_policy(spec: StudySpec) -> Policy:
+    return policy_class(spec.algorithm.name)(spec)
+
+
+def validate_options(spec: StudySpec) -> dict[str, Any]:
+    """Validate ``algorithm.options`` and build the policy once, so budget errors show early."""
+    cls = policy_class(spec.algorithm.name)
+    options = cls.Options.model_validate(spec.algorithm.options)  # ValidationError names the field
+    try:
+        cls(spec)
+    except ValueError as exc:
+        raise SpecError(f"algorithm.options: {exc}") from None
+    return options.model_dump(mode="json", exclude_unset=True)

@@ -1,0 +1,71 @@
+"""Grid search: the "hand-picked fixed hyperparameters" baseline of the paper's comparison.
+
+Every point of a small grid trains from scratch for an equal share of the budget, with its
+hyperparameters fixed for the whole run. Give the grid explicitly (``grid: {lr: [1e-3, 3e-3]}``)
+or let it be ``points_per_param`` evenly spaced values per parameter (in log space for log
+parameters; every value for discrete and categorical ones).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from pbt.controller.policy import Options, Policy
+from pbt.space import CategoricalParam, DiscreteParam, IntParam, Value
+from pbt.trial import Suggestion, Trial
+
+
+class GridOptions(Options):
+    grid: dict[str, list[float | int | str]] | None = None
+    points_per_param: int = Field(default=3, ge=1)
+    repeats: int = Field(default=1, ge=1, description="trials per grid point")
+    steps_per_trial: int | None = Field(default=None, gt=0, description="default: total_steps / trials")
+
+
+class GridSearch(Policy):
+    Options = GridOptions
+    options: GridOptions
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        axes = {name: self._axis(name) for name in self.space}
+        points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+        self.points = [p for p in points for _ in range(self.options.repeats)]
+        if self.budget.max_trials is not None:
+            self.points = self.points[: self.budget.max_trials]
+        steps = self.options.steps_per_trial
+        if steps is None:
+            if self.budget.total_steps is None:
+                raise ValueError("grid search needs algorithm.options.steps_per_trial or budget.total_steps")
+            steps = self.budget.total_steps // len(self.points)
+        if steps < 1:
+            raise ValueError(f"budget.total_steps is smaller than the {len(self.points)} grid points")
+        self.steps_per_trial = steps
+
+    def _axis(self, name: str) -> list[Value]:
+        param = self.space[name]
+        if self.options.grid and name in self.options.grid:
+            values = self.options.grid[name]
+            bad = [v for v in values if not param.contains(v)]
+            if bad:
+                raise ValueError(f"grid.{name}: values {bad} are outside the parameter's range")
+            return list(values)
+        if isinstance(param, (CategoricalParam, DiscreteParam)):
+            return [param.sample_value(i) for i in range(len(param.values))]
+        n = self.options.points_per_param
+        units = [0.5] if n == 1 else [i / (n - 1) for i in range(n)]
+        values = [param.from_unit(u) for u in units]
+        if isinstance(param, IntParam):
+            values = sorted({round(v) for v in values})
+        return values
+
+    def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
+        out: list[Suggestion] = []
+        for point in self.points[len(trials) : len(trials) + k]:
+            if not self.room_for(trials, out, self.steps_per_trial):
+                break
+            out.append(Suggestion(params=point, steps=self.steps_per_trial))
+        return out

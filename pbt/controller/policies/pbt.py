@@ -1,0 +1,140 @@
+"""Population Based Training with initiator-based evolution (the paper's default engine).
+
+The population has ``population_size`` members. A member whose trial has ended is *ready*;
+``suggest`` turns ready members into new trials:
+
+* a member with no trial yet starts from scratch with hyperparameters drawn from the prior;
+* otherwise its last trial is the *initiator*: selection picks a parent (the tournament
+  opponent that beat it, or a top member under truncation). Losing → the child warm-starts
+  from the parent's checkpoint with explored hyperparameters (exploit + explore). Winning →
+  it continues from its own checkpoint with the same hyperparameters.
+
+Failed or stopped trials never become parents; their member copies a winner. With fewer
+workers than members ("budget mode"), the ready member that has trained least goes first.
+Every trial trains ``steps_per_trial`` steps; the study ends when the step or trial budget
+would be exceeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pbt.controller.evolution import (
+    Population,
+    Reproduction,
+    Tournament,
+    Truncation,
+    objective_fitness,
+    weighted_fitness,
+)
+from pbt.controller.policy import Options, Policy
+from pbt.controller.view import TrialView
+from pbt.space import sample_params
+from pbt.trial import Suggestion, Trial
+
+
+class PBTOptions(Options):
+    population_size: int = Field(default=10, ge=2)
+    steps_per_trial: int = Field(gt=0, description="training steps between exploit/explore decisions")
+    selection: Literal["tournament", "truncation"] = "tournament"
+    window_generations: int = Field(default=2, ge=1, description="tournament opponents' generation window")
+    truncation_fraction: float = Field(default=0.2, gt=0, le=0.5)
+    perturb_factors: tuple[float, float] = (0.8, 1.2)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+    explore_on_win: bool = Field(default=False, description="also perturb a member that won its tournament")
+    fitness_weights: dict[str, float] | None = Field(
+        default=None, description="fitness = Σ weight×metric instead of the objective"
+    )
+
+    @model_validator(mode="after")
+    def _factors(self) -> PBTOptions:
+        lo, hi = self.perturb_factors
+        if not (0 < lo < 1 < hi):
+            raise ValueError("perturb_factors must be (down, up) with 0 < down < 1 < up")
+        return self
+
+
+class PBT(Policy):
+    Options = PBTOptions
+    options: PBTOptions
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        o = self.options
+        self.selection = (
+            Tournament(o.window_generations) if o.selection == "tournament" else Truncation(o.truncation_fraction)
+        )
+        self.reproduction = Reproduction(self.space, o.perturb_factors, o.resample_probability)
+        self._fitness = (
+            weighted_fitness(o.fitness_weights) if o.fitness_weights else objective_fitness(self.objective.sign())
+        )
+
+    def fitness(self, trial: Trial) -> float:
+        return self._fitness(trial)
+
+    def _population(self, trials: Sequence[Trial]) -> Population:
+        return Population(TrialView.of(trials), self.fitness)
+
+    def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
+        if k <= 0:
+            return []
+        population = self._population(trials)
+        rng = self.rng(trials)
+        steps = self.options.steps_per_trial
+        fresh = [m for m in range(self.options.population_size) if m not in population.latest]
+        ended = sorted(
+            (t for t in population.latest.values() if t.status.terminal),
+            key=lambda t: (t.lineage_steps, t.number),
+        )
+        out: list[Suggestion] = []
+        for member in fresh:
+            if len(out) >= k or not self.room_for(trials, out, steps):
+                return out
+            out.append(Suggestion(params=sample_params(self.space, rng), steps=steps, member=member))
+        for initiator in ended:
+            if len(out) >= k or not self.room_for(trials, out, steps):
+                break
+            out.append(self._reproduce(initiator, population, rng, steps))
+        return out
+
+    def _reproduce(self, initiator: Trial, population: Population, rng, steps: int) -> Suggestion:
+        child_generation = initiator.generation + 1
+        parent = self.selection.choose_parent(initiator, population, rng)
+        if parent is not None:  # exploit, then explore
+            params = self.reproduction.explore(dict(parent.params), rng)
+            return Suggestion(
+                params=params,
+                steps=steps,
+                parent=parent.id,
+                member=initiator.member,
+                generation=child_generation,
+                metadata={"exploit": True, "copied_from_member": parent.member},
+            )
+        if initiator.usable:  # won: keep training
+            params = dict(initiator.params)
+            if self.options.explore_on_win:
+                params = self.reproduction.explore(params, rng)
+            return Suggestion(
+                params=params,
+                steps=steps,
+                parent=initiator.id,
+                member=initiator.member,
+                generation=child_generation,
+            )
+        # Failed with nothing usable anywhere: start this member over from the prior.
+        return Suggestion(
+            params=sample_params(self.space, rng),
+            steps=steps,
+            member=initiator.member,
+            generation=child_generation,
+            metadata={"restart": True},
+        )
+
+    def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
+        population = self._population(trials)
+        keep = self.selection.window(population)
+        keep.update(t.id for t in population.latest.values() if t.usable)
+        return keep

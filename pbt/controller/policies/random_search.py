@@ -1,0 +1,86 @@
+"""Random search: the reference policy, and the paper's first baseline.
+
+Each trial draws its hyperparameters from the prior and trains from scratch for its share of
+the budget (``total_steps / num_trials``), as the paper's baselines do. With
+``median_stopping`` it also answers ``early_stop`` the way Vizier's default automated stopping
+does: a running trial whose latest intermediate objective is worse than the median of the
+other trials' objectives at the same step is stopped.
+
+Read this file first if you are writing a policy: it is the whole interface, used plainly.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from pbt.controller.policy import Options, Policy
+from pbt.space import sample_params
+from pbt.trial import Suggestion, Trial, TrialStatus
+
+
+class RandomOptions(Options):
+    num_trials: int | None = Field(default=None, gt=0, description="default: budget.max_trials")
+    steps_per_trial: int | None = Field(default=None, gt=0, description="default: total_steps / num_trials")
+    median_stopping: bool = False
+    min_completed_for_stopping: int = Field(default=3, ge=1)
+
+
+class RandomSearch(Policy):
+    Options = RandomOptions
+    options: RandomOptions
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.num_trials = self.options.num_trials or self.budget.max_trials
+        if self.num_trials is None:
+            raise ValueError("random search needs algorithm.options.num_trials or budget.max_trials")
+        steps = self.options.steps_per_trial
+        if steps is None:
+            if self.budget.total_steps is None:
+                raise ValueError("random search needs algorithm.options.steps_per_trial or budget.total_steps")
+            steps = self.budget.total_steps // self.num_trials
+        if steps < 1:
+            raise ValueError("budget.total_steps is smaller than the number of trials")
+        self.steps_per_trial = steps
+
+    def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
+        rng = self.rng(trials)
+        out: list[Suggestion] = []
+        while len(out) < k and len(trials) + len(out) < self.num_trials:
+            if not self.room_for(trials, out, self.steps_per_trial):
+                break
+            out.append(Suggestion(params=sample_params(self.space, rng), steps=self.steps_per_trial))
+        return out
+
+    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
+        if not self.options.median_stopping:
+            return []
+        finished = [t for t in trials if t.usable]
+        if len(finished) < self.options.min_completed_for_stopping:
+            return []
+        stop = []
+        for trial in trials:
+            if trial.status is not TrialStatus.RUNNING or not trial.metrics:
+                continue
+            latest = trial.metrics[-1]
+            value = latest.values.get(self.objective.metric)
+            peers = [_value_at(t, latest.step, self.objective.metric) for t in finished]
+            peers = [v for v in peers if v is not None]
+            if value is None or len(peers) < self.options.min_completed_for_stopping:
+                continue
+            if self.objective.better(statistics.median(peers), value):
+                stop.append(trial.id)
+        return stop
+
+
+def _value_at(trial: Trial, step: int, metric: str) -> float | None:
+    """The trial's metric at the last evaluation at or before ``step``."""
+    value = None
+    for report in trial.metrics:
+        if report.step > step:
+            break
+        value = report.values.get(metric, value)
+    return value

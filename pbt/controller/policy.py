@@ -1,0 +1,85 @@
+"""The policy interface: how a controller asks "what next?" without knowing how trials run.
+
+After Vizier's Pythia: a policy has two questions to answer, ``suggest(trials, k)`` (the
+paper's GetNewSuggestion) and ``early_stop(trials)`` (GetEarlyStoppingTrials). Both are pure
+functions of the trial list and the study seed: a policy keeps no state between calls, so the
+controller can be killed and rebuilt at any moment and ask again with the same answer. Policies
+never import Celery, Redis or boto3; they can be unit-tested with a list of records.
+
+Each policy declares an ``Options`` model: the study file's ``algorithm.options`` are
+validated against it before anything runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from pbt.controller.view import TrialView
+from pbt.spec import StudySpec
+from pbt.trial import Suggestion, Trial
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Policy(ABC):
+    """Base class: subclasses implement :meth:`suggest`; the rest has safe defaults."""
+
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+        self.space = spec.parameters
+        self.objective = spec.objective
+        self.budget = spec.budget
+        self.options = self.Options.model_validate(spec.algorithm.options)
+
+    @abstractmethod
+    def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
+        """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""
+
+    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
+        """Ids of running trials that should stop now. Default: none."""
+        return []
+
+    def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
+        """Trials whose checkpoints a future suggestion may warm-start from (kept by GC).
+
+        The default keeps every usable trial, which is always safe; policies that know their
+        window override it so long studies do not keep every checkpoint forever.
+        """
+        return {t.id for t in trials if t.usable}
+
+    # Helpers shared by the built-in policies -------------------------------------------
+
+    def rng(self, trials: Sequence[Trial], salt: int = 0) -> np.random.Generator:
+        """A generator determined by the seed and how many trials exist: same input, same draws."""
+        return np.random.default_rng([self.spec.seed, len(trials), salt])
+
+    def fitness(self, trial: Trial) -> float:
+        """Larger is better; only meaningful for usable trials."""
+        assert trial.objective is not None
+        return self.objective.sign() * trial.objective
+
+    def committed_steps(self, trials: Sequence[Trial]) -> int:
+        """Steps spent or promised: failed and stopped trials count what they actually trained."""
+        return TrialView.of(trials).committed_steps
+
+    def room_for(self, trials: Sequence[Trial], new: Sequence[Suggestion], steps: int) -> bool:
+        """Whether the budget admits one more trial of ``steps`` after ``new`` suggestions."""
+        if self.budget.max_trials is not None and len(trials) + len(new) >= self.budget.max_trials:
+            return False
+        if self.budget.total_steps is not None:
+            spent = self.committed_steps(trials) + sum(s.steps for s in new)
+            return spent + steps <= self.budget.total_steps
+        return True
+
+    def best(self, trials: Sequence[Trial]) -> Trial | None:
+        usable = [t for t in trials if t.usable]
+        return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None

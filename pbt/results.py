@@ -1,0 +1,79 @@
+"""Reading a study back: best trial, lineages and hyperparameter schedules.
+
+Shared by ``pbt status``, ``pbt report`` and ``pbt replay`` so they agree on what "best" and
+"schedule" mean. Pure functions over trial records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pbt.space import Value
+from pbt.spec import Objective
+from pbt.trial import Trial
+
+
+def best_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
+    """The usable trial with the best objective (earliest on ties)."""
+    best = None
+    for t in trials:
+        if t.usable and (best is None or objective.better(t.objective, best.objective)):  # type: ignore[arg-type]
+            best = t
+    return best
+
+
+def lineage(trials: Sequence[Trial], trial: Trial) -> list[Trial]:
+    """The chain of trials from a generation-0 root down to ``trial``, inclusive."""
+    by_id = {t.id: t for t in trials}
+    chain = [trial]
+    seen = {trial.id}
+    while chain[-1].parent is not None:
+        parent = by_id.get(chain[-1].parent)
+        if parent is None or parent.id in seen:
+            raise ValueError(f"trial {chain[-1].id}: broken lineage at parent {chain[-1].parent!r}")
+        chain.append(parent)
+        seen.add(parent.id)
+    return chain[::-1]
+
+
+@dataclass(frozen=True)
+class ScheduleSegment:
+    """``params`` were in force from ``start`` to ``end`` (lineage steps) during ``trial``."""
+
+    trial: str
+    start: int
+    end: int
+    params: dict[str, Value]
+    exploit: bool  # this segment began by copying another member's weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "start": self.start,
+            "end": self.end,
+            "params": self.params,
+            "exploit": self.exploit,
+        }
+
+
+def schedule(chain: Sequence[Trial]) -> list[ScheduleSegment]:
+    """The hyperparameter schedule along a lineage: one segment per trial."""
+    return [
+        ScheduleSegment(
+            t.id,
+            t.start_lineage_steps,
+            t.start_lineage_steps + t.steps_done,
+            dict(t.params),
+            bool(t.metadata.get("exploit")),
+        )
+        for t in chain
+    ]
+
+
+def trial_json(trial: Trial) -> dict[str, Any]:
+    """A trial as the stable JSON shape ``pbt status --json`` promises."""
+    data = trial.model_dump(mode="json")
+    data["lineage_steps"] = trial.lineage_steps
+    return data

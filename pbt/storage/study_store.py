@@ -1,0 +1,141 @@
+"""Durable study records: the spec and every trial, in the same object store as checkpoints.
+
+Redis may keep nothing on disk and the controller may die at any moment, so the study's truth
+lives here. Records are written as a journal: each controller tick appends one segment
+(``journal/<seq>.json``) holding the trials that changed, and every so often the whole state is
+compacted into ``snapshot.json.gz`` and the segments it covers are deleted. That keeps a tick's
+write cost proportional to what changed (not to the study's size), a resume to one snapshot read
+plus a few segments, and the total cost of a study linear in its length: a snapshot of N trials
+is only written after at least N/2 records were journalled since the last one.
+
+One writer per study (the controller holding the study's lease); any number of readers
+(``pbt status``, reports). Replaying a record is idempotent (records are upserts by trial id).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from pbt.errors import NotFoundError, StorageError
+from pbt.storage.base import ObjectStore
+from pbt.storage.keys import join, validate_name
+from pbt.trial import Trial
+
+_SNAPSHOT = "snapshot.json.gz"
+_MIN_COMPACT = 1000
+_READ_RETRIES = 5
+
+
+class StudyStore:
+    def __init__(self, objects: ObjectStore, study: str) -> None:
+        self.objects = objects
+        self.study = validate_name(study, "study name")
+        self._records: dict[str, dict[str, Any]] = {}
+        self._seq = 0  # last journal segment written or read
+        self._since_snapshot = 0
+
+    def key(self, *parts: str) -> str:
+        return join(self.study, *parts)
+
+    # The spec and small control documents -------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.objects.exists(self.key("spec.json"))
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        self.objects.put_bytes(self.key("spec.json"), json.dumps(spec, indent=2, sort_keys=True).encode())
+
+    def read_spec(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.objects.get_bytes(self.key("spec.json")))
+        except NotFoundError:
+            raise NotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
+
+    def write_doc(self, name: str, doc: dict[str, Any]) -> None:
+        self.objects.put_bytes(self.key(name + ".json"), json.dumps(doc, sort_keys=True).encode())
+
+    def read_doc(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.objects.get_bytes(self.key(name + ".json")))
+        except NotFoundError:
+            return None
+
+    # Trial records --------------------------------------------------------------------------
+
+    def load_trials(self) -> list[Trial]:
+        """Every trial, in creation order. Also primes this instance to append after them."""
+        for _ in range(_READ_RETRIES):
+            try:
+                records, seq, since = self._read_all()
+            except _Raced:
+                continue  # a compaction deleted segments under us: read the newer snapshot
+            self._records, self._seq, self._since_snapshot = records, seq, since
+            return sorted((Trial.model_validate(r) for r in records.values()), key=lambda t: t.number)
+        raise StorageError(f"study {self.study}: journal kept changing while reading; try again")
+
+    def _read_all(self) -> tuple[dict[str, dict[str, Any]], int, int]:
+        records: dict[str, dict[str, Any]] = {}
+        seq = 0
+        try:
+            snapshot = json.loads(gzip.decompress(self.objects.get_bytes(self.key(_SNAPSHOT))))
+            seq = snapshot["seq"]
+            records = {r["id"]: r for r in snapshot["trials"]}
+        except NotFoundError:
+            pass
+        prefix = self.key("journal") + "/"
+        since = 0
+        for info in self.objects.list(prefix, start_after=prefix + _segment_name(seq)):
+            number = int(info.key.rsplit("/", 1)[1].split(".")[0])
+            if number != seq + 1:
+                raise _Raced()
+            try:
+                segment = json.loads(self.objects.get_bytes(info.key))
+            except NotFoundError:
+                raise _Raced() from None
+            for record in segment["records"]:
+                records[record["id"]] = record
+                since += 1
+            seq = number
+        return records, seq, since
+
+    def append(self, trials: Iterable[Trial]) -> None:
+        """Durably record these trials (one write); compact when the journal has grown enough."""
+        batch = [t.model_dump(mode="json") for t in trials]
+        if not batch:
+            return
+        self._seq += 1
+        body = json.dumps({"seq": self._seq, "records": batch}, separators=(",", ":")).encode()
+        self.objects.put_bytes(self.key("journal", _segment_name(self._seq)), body)
+        for record in batch:
+            self._records[record["id"]] = record
+        self._since_snapshot += len(batch)
+        if self._since_snapshot >= max(_MIN_COMPACT, len(self._records) // 2):
+            self.compact()
+
+    def compact(self) -> None:
+        """Write a snapshot of everything up to the last segment, then drop those segments."""
+        snapshot = {"seq": self._seq, "trials": list(self._records.values())}
+        data = gzip.compress(json.dumps(snapshot, separators=(",", ":")).encode(), compresslevel=3)
+        self.objects.put_bytes(self.key(_SNAPSHOT), data)
+        prefix = self.key("journal") + "/"
+        old = [o.key for o in self.objects.list(prefix) if o.key <= prefix + _segment_name(self._seq)]
+        self.objects.delete(old)
+        self._since_snapshot = 0
+
+
+class _Raced(Exception):
+    pass
+
+
+def _segment_name(seq: int) -> str:
+    return f"{seq:012d}.json"
+
+
+def list_studies(objects: ObjectStore) -> list[str]:
+    """Names of the studies stored under this root."""
+    return sorted(
+        o.key.split("/", 1)[0] for o in objects.list("") if o.key.count("/") == 1 and o.key.endswith("/spec.json")
+    )

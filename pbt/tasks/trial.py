@@ -1,0 +1,289 @@
+"""Run one attempt of one trial: the work every executor performs, with no broker in sight.
+
+The Celery task and the embedded executor both call :func:`run_trial`; it is a plain function
+so it can be tested without Redis. Its job, in order:
+
+1. resume from the trial's own latest in-trial checkpoint if an earlier attempt left one
+   (a preempted or crashed attempt loses at most ``checkpoint_every`` steps), else warm-start
+   from the parent's checkpoint, falling back along the lineage if that one fails
+   verification — never silently from scratch;
+2. train in chunks, saving an in-trial checkpoint every ``checkpoint_every`` steps and
+   reporting progress after each chunk;
+3. evaluate, refuse a non-finite objective, save the final checkpoint (which also records the
+   final metrics, so a redelivered attempt that finds it returns the same result at once).
+
+Whatever the trainer does — raise, return NaN — the attempt ends in a :class:`TrialResult`,
+never an exception, except :class:`Preempted`, which asks the executor to hand the task back.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from pbt.errors import CorruptCheckpointError, FatalError, NotFoundError, RetryableError
+from pbt.storage import open_object_store
+from pbt.storage.checkpoints import CheckpointStore
+from pbt.storage.keys import join
+from pbt.trainers.base import load_trainer_class
+from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask
+
+Interrupt = Literal["stop", "preempt"] | None
+
+
+class Reporter(Protocol):
+    """How an attempt talks to whoever runs it (an embedded pool, a Celery worker)."""
+
+    def progress(self, progress: Progress) -> None: ...
+
+    def interrupt(self) -> Interrupt:
+        """``"stop"``: the policy stopped this trial; ``"preempt"``: save and give the task back."""
+
+
+class NullReporter:
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def interrupt(self) -> Interrupt:
+        return None
+
+
+class Preempted(Exception):
+    """The attempt saved its progress and should be handed back to the queue."""
+
+
+def trial_prefix(study: str, trial_id: str) -> str:
+    return join(study, "checkpoints", trial_id)
+
+
+def checkpoint_name(study: str, trial_id: str, step: int) -> str:
+    return join(trial_prefix(study, trial_id), f"step-{step:09d}")
+
+
+_STEP = re.compile(r"/step-(\d+)$")
+
+
+def checkpoint_step(name: str) -> int:
+    match = _STEP.search(name)
+    if not match:
+        raise ValueError(f"not a trial checkpoint name: {name}")
+    return int(match.group(1))
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A per-trial seed that does not collide across trials of one study."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+@lru_cache(maxsize=8)
+def _checkpoints(uri: str) -> CheckpointStore:
+    # One store (and one S3 client) per process and URI: workers run many trials.
+    return CheckpointStore(open_object_store(uri))
+
+
+def run_trial(
+    task: TrialTask,
+    reporter: Reporter | None = None,
+    *,
+    worker: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> TrialResult:
+    """Run one attempt of ``task`` to the end; see the module docstring for the contract."""
+    reporter = reporter or NullReporter()
+    worker = worker or socket.gethostname()
+    started = clock()
+    timings = Timings(queue_wait=max(0.0, started - task.published_at) if task.published_at else 0.0)
+    attempt = _Attempt(task, reporter, worker, timings)
+    workdir = Path(tempfile.mkdtemp(prefix=f"pbt-{task.trial_id}-"))
+    try:
+        return attempt.run(workdir)
+    except Preempted:
+        raise
+    except Exception as exc:
+        retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
+        return attempt.result(
+            TrialStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
+            retryable=retryable,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Attempt:
+    def __init__(self, task: TrialTask, reporter: Reporter, worker: str, timings: Timings) -> None:
+        self.task = task
+        self.reporter = reporter
+        self.worker = worker
+        self.timings = timings
+        self.store = _checkpoints(task.storage)
+        self.steps_done = 0
+        self.metrics: list[MetricReport] = []
+        self.resumed_from: int | None = None
+        self.warm_start: str | None = None
+        self.checkpoint: str | None = None
+        self.trainer: Any = None
+
+    def result(self, status: TrialStatus, **extra: Any) -> TrialResult:
+        objective = None
+        if status is TrialStatus.COMPLETED and self.metrics:
+            objective = self.metrics[-1].values.get(self.task.objective_metric)
+        return TrialResult(
+            study=self.task.study,
+            trial_id=self.task.trial_id,
+            attempt=self.task.attempt,
+            status=status,
+            steps_done=self.steps_done,
+            metrics=self.metrics,
+            objective=objective,
+            checkpoint=self.checkpoint,
+            resumed_from_step=self.resumed_from,
+            warm_start=self.warm_start,
+            timings=self.timings,
+            worker=self.worker,
+            finished_at=time.time(),
+            **extra,
+        )
+
+    def run(self, workdir: Path) -> TrialResult:
+        task = self.task
+        cls = load_trainer_class(task.trainer)
+        self.trainer = cls(task.trainer_config)
+        self.trainer.setup(task.params, seed=trial_seed(task.seed, task.number))
+        final = self._restore(workdir / "restore")
+        if final is not None:
+            return final
+        chunk = task.checkpoint_every or task.steps
+        while self.steps_done < task.steps:
+            n = min(chunk - self.steps_done % chunk, task.steps - self.steps_done)
+            t0 = time.perf_counter()
+            self.trainer.train(n)
+            self.timings.train += time.perf_counter() - t0
+            self.steps_done += n
+            if self.steps_done >= task.steps:
+                break
+            interrupt = self.reporter.interrupt()
+            at_boundary = task.checkpoint_every and self.steps_done % task.checkpoint_every == 0
+            if at_boundary and task.evaluate_every_checkpoint:
+                self._evaluate()
+            if at_boundary or interrupt:
+                self._save(workdir / f"save-{self.steps_done}")
+            self._progress()
+            if interrupt == "preempt":
+                raise Preempted(f"{task.trial_id} saved at step {self.steps_done} and handed back")
+            if interrupt == "stop":
+                return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
+        values = self._evaluate()
+        objective = values.get(task.objective_metric)
+        if objective is None:
+            raise FatalError(
+                f"the trainer's evaluate() returned no {task.objective_metric!r} (got {sorted(values)}); "
+                "check objective.metric in the study file"
+            )
+        if not math.isfinite(objective):
+            self._progress()
+            return self.result(
+                TrialStatus.FAILED,
+                error=f"objective {task.objective_metric} is {objective} (not finite)",
+                retryable=False,
+            )
+        self._save(workdir / "final", final=True)
+        self._prune_in_trial_checkpoints()
+        self._progress()
+        return self.result(TrialStatus.COMPLETED)
+
+    def _restore(self, directory: Path) -> TrialResult | None:
+        """Load own latest checkpoint, else the parent's (with lineage fallback)."""
+        task = self.task
+        t0 = time.perf_counter()
+        try:
+            for name in reversed(self.store.list(trial_prefix(task.study, task.trial_id) + "/")):
+                try:
+                    manifest = self.store.load(name, directory / name.rsplit("/", 1)[1])
+                except (CorruptCheckpointError, NotFoundError):
+                    continue  # a torn or corrupt in-trial checkpoint: try the previous one
+                self.trainer.load(directory / name.rsplit("/", 1)[1])
+                self.steps_done = self.resumed_from = checkpoint_step(name)
+                self.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
+                self.warm_start = manifest.meta.get("warm_start")
+                if manifest.meta.get("final") and self.steps_done >= task.steps:
+                    self.checkpoint = name
+                    return self.result(TrialStatus.COMPLETED)
+                return None
+            if task.parent_checkpoint:
+                errors = []
+                for name in [task.parent_checkpoint, *task.fallback_checkpoints]:
+                    target = directory / "parent" / str(len(errors))
+                    try:
+                        self.store.load(name, target)
+                    except (CorruptCheckpointError, NotFoundError) as exc:
+                        errors.append(f"{name}: {exc}")
+                        continue
+                    self.trainer.load(target)
+                    self.warm_start = name
+                    return None
+                raise FatalError("no usable checkpoint along the lineage:\n  " + "\n  ".join(errors))
+            return None
+        finally:
+            self.timings.checkpoint_load += time.perf_counter() - t0
+
+    def _evaluate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        raw = self.trainer.evaluate()
+        self.timings.evaluate += time.perf_counter() - t0
+        values = {str(k): float(v) for k, v in dict(raw).items()}
+        self.metrics.append(
+            MetricReport(
+                step=self.steps_done, lineage_step=self.task.start_lineage_steps + self.steps_done, values=values
+            )
+        )
+        return values
+
+    def _save(self, directory: Path, final: bool = False) -> None:
+        t0 = time.perf_counter()
+        directory.mkdir(parents=True)
+        self.trainer.save(directory)
+        name = checkpoint_name(self.task.study, self.task.trial_id, self.steps_done)
+        meta = {
+            "trial": self.task.trial_id,
+            "attempt": self.task.attempt,
+            "step": self.steps_done,
+            "final": final,
+            "lineage_step": self.task.start_lineage_steps + self.steps_done,
+            "warm_start": self.warm_start,
+            "metrics": [m.model_dump() for m in self.metrics],
+        }
+        self.store.save(name, directory, meta=meta)
+        shutil.rmtree(directory, ignore_errors=True)
+        self.checkpoint = name
+        self.timings.checkpoint_save += time.perf_counter() - t0
+
+    def _prune_in_trial_checkpoints(self) -> None:
+        """Once the final checkpoint is committed, earlier ones of this trial can only waste space."""
+        for name in self.store.list(trial_prefix(self.task.study, self.task.trial_id) + "/"):
+            if name != self.checkpoint:
+                self.store.delete(name)
+
+    def _progress(self) -> None:
+        self.reporter.progress(
+            Progress(
+                study=self.task.study,
+                trial_id=self.task.trial_id,
+                attempt=self.task.attempt,
+                step=self.steps_done,
+                metrics=self.metrics[-1] if self.metrics else None,
+                worker=self.worker,
+                at=time.time(),
+            )
+        )
