@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pbt.controller.gc import CheckpointCollector
 from pbt.controller.lease import Lease
 from pbt.controller.policies import make_policy
 from pbt.controller.view import TrialView
@@ -31,7 +32,6 @@ from pbt.storage.base import ObjectStore
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.study_store import StudyStore
 from pbt.tasks.executor import Event, Executor
-from pbt.tasks.trial import trial_prefix
 from pbt.trial import Progress, Suggestion, Trial, TrialResult, TrialStatus, TrialTask
 
 log = logging.getLogger("pbt.controller")
@@ -75,7 +75,7 @@ class Controller:
         self.executor = executor
         self.lease = lease
         self.store = StudyStore(objects, spec.name)
-        self.checkpoints = CheckpointStore(objects)
+        self.collector = CheckpointCollector(CheckpointStore(objects), spec.name)
         self.storage_uri = objects.uri
         self.policy = make_policy(spec)
         self.observer = observer
@@ -92,9 +92,12 @@ class Controller:
         self.last_seen: dict[str, float] = {}
         self.stop_sent: set[str] = set()
         self.dirty: dict[str, Trial] = {}
+        self.outbox: list[TrialTask] = []
         self.best: Trial | None = None
         self.gc_candidates: set[str] = set()
         self.gc_bytes_freed = 0
+        self.status_counts: dict[str, int] = {}
+        self.steps_total = 0
         self.last_gc = 0.0
         self.started = time.time()
 
@@ -111,6 +114,8 @@ class Controller:
                     f"{', '.join(changed)}; use another study name (or storage) for a new study"
                 )
             self.trials = self.store.load_trials()
+            for trial in self.trials:
+                self._count(trial, +1)
         self.store.write_spec(spec_doc)
         for trial in self.trials:
             if trial.usable and (self.best is None or self._better(trial, self.best)):
@@ -134,7 +139,6 @@ class Controller:
                 self.last_seen[trial.id] = now  # give the running attempt a lease to report in
             else:
                 self._publish(trial)
-        self._flush()
         if self.trials:
             log.info("resumed study %s: %d trials, %d in flight", self.spec.name, len(self.trials), len(self.tasks))
 
@@ -146,41 +150,43 @@ class Controller:
         try:
             self._open()
             self._advance()
+            self._send()
             deadline = None if max_seconds is None else time.time() + max_seconds
             while True:
                 events = self.executor.events(self.poll_interval)
                 for event in events:
                     self._handle(event)
-                self._flush()
-                self.executor.ack(events)
                 self._advance()
                 self._check_leases()
                 self._early_stop()
                 self._maybe_gc()
+                self._send()  # one durable write per tick, then acks and publications
+                self.executor.ack(events)
                 self.lease.renew()
                 snapshot = self.snapshot()
                 if self.observer:
                     self.observer(snapshot)
                 if snapshot.finished or (deadline is not None and time.time() > deadline):
                     break
-            self._maybe_gc(force=True)
+            self._maybe_gc(final=True)
+            self._flush()
             self.store.write_doc(
                 "state", {"finished": snapshot.finished, "at": time.time(), "best": self.best.id if self.best else None}
             )
             self.store.compact()
             return self.snapshot()
         finally:
+            self.collector.close()
+            self.store.close()
             self.lease.release()
 
     def snapshot(self) -> Snapshot:
-        by_status: dict[str, int] = {}
-        for t in self.trials:
-            by_status[t.status.value] = by_status.get(t.status.value, 0) + 1
+        by_status = {k: v for k, v in self.status_counts.items() if v}
         finished = not self.tasks and self.exhausted
         return Snapshot(
             trials=len(self.trials),
             by_status=by_status,
-            steps_done=sum(t.steps_done for t in self.trials),
+            steps_done=self.steps_total,
             budget_steps=self.spec.budget.total_steps,
             budget_trials=self.spec.budget.max_trials,
             best=self.best,
@@ -255,7 +261,7 @@ class Controller:
 
     def _advance(self) -> None:
         """Apply what can be applied and ask the policy to fill free slots, step by step."""
-        created: list[Trial] = []
+        created: list[Trial] = []  # published by _send once their records are durable
         if self.deterministic:
             while True:
                 if self.frontier > self.last_step:
@@ -269,10 +275,6 @@ class Controller:
         elif self.pending_step:
             self.pending_step = False
             created += self._step()
-        if created:
-            self._flush()  # a published task always has a durable record
-            for trial in created:
-                self.executor.submit(self.tasks[trial.id])
 
     def _free(self) -> int:
         in_flight = len(self.trials) - self.frontier if self.deterministic else len(self.tasks)
@@ -307,8 +309,9 @@ class Controller:
             metadata={**s.metadata, "created_after": self.frontier if self.deterministic else self._applied()},
         )
         self.trials.append(trial)
+        self._count(trial, +1)
         self.view.append(self._placeholder(trial) if self.deterministic else trial)
-        return self._publish(trial, submit=False)
+        return self._publish(trial)
 
     def _applied(self) -> int:
         return sum(1 for t in self.trials if t.status.terminal)
@@ -320,14 +323,20 @@ class Controller:
             update={"status": TrialStatus.RUNNING, "objective": None, "metrics": [], "steps_done": 0}
         )
 
-    def _publish(self, trial: Trial, submit: bool = True) -> Trial:
+    def _publish(self, trial: Trial) -> Trial:
+        """Queue a new attempt; :meth:`_send` submits it after its record is durable."""
         trial = self._update(trial, attempts=trial.attempts + 1)
         self.tasks[trial.id] = task = self._task(trial, trial.attempts)
         self.last_seen[trial.id] = time.time()
-        if submit:
-            self._flush()
-            self.executor.submit(task)
+        self.outbox.append(task)
         return trial
+
+    def _send(self) -> None:
+        self._flush()
+        outbox, self.outbox = self.outbox, []
+        for task in outbox:
+            if self.tasks.get(task.trial_id) is task:  # not superseded or finished meanwhile
+                self.executor.submit(task)
 
     def _task(self, trial: Trial, attempt: int) -> TrialTask:
         return TrialTask(
@@ -395,7 +404,6 @@ class Controller:
                     "trial %s: no heartbeat for %.0fs, re-publishing (attempt %d)", trial.id, lease, trial.attempts + 1
                 )
                 self._publish(trial)
-        self._flush()
 
     def _early_stop(self) -> None:
         for trial_id in self.policy.early_stop(self.view):
@@ -404,9 +412,11 @@ class Controller:
                 self.stop_sent.add(trial_id)
                 self.executor.stop(task)
 
-    def _maybe_gc(self, force: bool = False) -> None:
+    def _maybe_gc(self, final: bool = False) -> None:
+        """Hand checkpoints nobody can use any more to the collector (see pbt.controller.gc)."""
+        self._collect_freed()
         now = time.time()
-        if self.spec.execution.keep_checkpoints or (not force and now - self.last_gc < self.gc_interval):
+        if self.spec.execution.keep_checkpoints or (not final and now - self.last_gc < self.gc_interval):
             return
         self.last_gc = now
         keep = self.policy.parent_candidates(self.view)
@@ -415,19 +425,19 @@ class Controller:
         while node is not None:  # the best lineage stays for replay and inspection
             keep.add(node.id)
             node = self._trial(node.parent) if node.parent else None
-        for trial_id in sorted(self.gc_candidates - keep):
-            trial = self._trial(trial_id)
-            if trial is None or trial.checkpoint_deleted:
-                continue
-            if self.deterministic and trial.number >= self.frontier:
-                continue  # completed but not yet seen by the policy: it may still pick it
-            freed = 0
-            for name in self.checkpoints.list(trial_prefix(trial.study, trial.id) + "/"):
-                freed += self.checkpoints.delete(name)
-            self._update(trial, checkpoint_deleted=True)
-            self.gc_bytes_freed += freed
-            self.gc_candidates.discard(trial_id)
-        self._flush()
+        # In deterministic mode a completed trial the policy has not seen yet may still be picked.
+        limit = self.frontier if self.deterministic else len(self.trials)
+        self.collector.delete(sorted(i for i in self.gc_candidates - keep if int(i[1:]) < limit))
+        if final:
+            self._collect_freed(wait=True)
+
+    def _collect_freed(self, wait: bool = False) -> None:
+        for freed in self.collector.done(wait=wait):
+            trial = self._trial(freed.trial_id)
+            if trial is not None:
+                self._update(trial, checkpoint_deleted=True)
+            self.gc_bytes_freed += freed.bytes
+            self.gc_candidates.discard(freed.trial_id)
 
     # Records ------------------------------------------------------------------------------
 
@@ -443,13 +453,20 @@ class Controller:
     def _update(self, trial: Trial, **changes) -> Trial:
         """Records are immutable: replace the trial everywhere it is referenced."""
         new = trial.model_copy(update=changes)
+        self._count(self.trials[new.number], -1)
         self.trials[new.number] = new
+        self._count(new, +1)
         if not self.deterministic or new.number < self.frontier:
             self.view.replace(new)
         if self.best is not None and self.best.id == new.id:
             self.best = new
         self.dirty[new.id] = new
         return new
+
+    def _count(self, trial: Trial, sign: int) -> None:
+        """Keep the per-status and step totals incremental: a tick must not scan the whole study."""
+        self.status_counts[trial.status.value] = self.status_counts.get(trial.status.value, 0) + sign
+        self.steps_total += sign * trial.steps_done
 
     def _flush(self) -> None:
         if self.dirty:

@@ -103,12 +103,17 @@ class LocalObjectStore(ObjectStore):
         yield from found
 
     def delete(self, keys: Iterable[str]) -> None:
+        parents: set[Path] = set()
         for key in keys:
             path = self._path(key)
             path.unlink(missing_ok=True)
-            # Prune empty directories up to the root so long studies do not leave husks.
-            parent = path.parent
-            while parent != self.root:
+            parents.add(path.parent)
+        # Prune directories the deletes emptied, deepest first, once per batch: long studies
+        # should not leave husks, and a failed rmdir per key would double the cost of a delete.
+        tried: set[Path] = set()
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            while parent != self.root and parent not in tried:
+                tried.add(parent)
                 try:
                     parent.rmdir()
                 except OSError:

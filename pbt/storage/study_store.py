@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pbt.errors import NotFoundError, StorageError
@@ -36,6 +37,7 @@ class StudyStore:
         self._records: dict[str, dict[str, Any]] = {}
         self._seq = 0  # last journal segment written or read
         self._since_snapshot = 0
+        self._deleter: ThreadPoolExecutor | None = None
 
     def key(self, *parts: str) -> str:
         return join(self.study, *parts)
@@ -120,10 +122,22 @@ class StudyStore:
         snapshot = {"seq": self._seq, "trials": list(self._records.values())}
         data = gzip.compress(json.dumps(snapshot, separators=(",", ":")).encode(), compresslevel=3)
         self.objects.put_bytes(self.key(_SNAPSHOT), data)
-        prefix = self.key("journal") + "/"
-        old = [o.key for o in self.objects.list(prefix) if o.key <= prefix + _segment_name(self._seq)]
-        self.objects.delete(old)
         self._since_snapshot = 0
+        # Deleting the covered segments is I/O the writer need not wait for; readers that race
+        # it simply re-read the newer snapshot.
+        if self._deleter is None:
+            self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbt-journal")
+        self._deleter.submit(self._delete_segments_upto, self._seq)
+
+    def _delete_segments_upto(self, seq: int) -> None:
+        prefix = self.key("journal") + "/"
+        self.objects.delete([o.key for o in self.objects.list(prefix) if o.key <= prefix + _segment_name(seq)])
+
+    def close(self) -> None:
+        """Wait for background deletes; call before the process exits."""
+        if self._deleter is not None:
+            self._deleter.shutdown(wait=True)
+            self._deleter = None
 
 
 class _Raced(Exception):

@@ -1,0 +1,61 @@
+"""Checkpoint garbage collection: bounded storage on long studies, without slowing the loop.
+
+A trial's checkpoints can be deleted once no future suggestion can warm-start from it (the
+policy's :meth:`~pbt.controller.policy.Policy.parent_candidates`), no in-flight trial depends
+on it, and it is not on the lineage of the current best trial (kept for replay and for the
+final model). Deciding is cheap and happens on the controller thread; deleting is I/O (one
+unlink or S3 call per object) and happens on a background thread so a tick never waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pbt.storage.checkpoints import CheckpointStore
+from pbt.tasks.trial import trial_prefix
+
+log = logging.getLogger("pbt.gc")
+
+
+@dataclass(frozen=True)
+class Freed:
+    trial_id: str
+    bytes: int
+
+
+class CheckpointCollector:
+    def __init__(self, checkpoints: CheckpointStore, study: str) -> None:
+        self.checkpoints = checkpoints
+        self.study = study
+        # Deletes are latency-bound (one round trip or unlink each), so a few run at once.
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pbt-gc")
+        self.pending: dict[str, Future[Freed]] = {}
+
+    def delete(self, trial_ids: list[str]) -> None:
+        for trial_id in trial_ids:
+            if trial_id not in self.pending:
+                self.pending[trial_id] = self.pool.submit(self._delete_trial, trial_id)
+
+    def _delete_trial(self, trial_id: str) -> Freed:
+        freed = 0
+        for name in self.checkpoints.list(trial_prefix(self.study, trial_id) + "/"):
+            freed += self.checkpoints.delete(name)
+        return Freed(trial_id, freed)
+
+    def done(self, wait: bool = False) -> list[Freed]:
+        """Deletions that finished (all of them with ``wait``); failures are retried next time."""
+        out = []
+        for trial_id, future in list(self.pending.items()):
+            if not (wait or future.done()):
+                continue
+            del self.pending[trial_id]
+            try:
+                out.append(future.result())
+            except Exception as exc:  # storage hiccup: the trial stays a candidate for the next pass
+                log.warning("could not delete checkpoints of %s: %s", trial_id, exc)
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
