@@ -24,7 +24,7 @@ class SpecError(FatalError):
     """A study file (or a flag overriding it) is invalid; the message names the field."""
 
 
-class InvalidNameError(FatalError):
+class InvalidNameError(FatalError, ValueError):
     """A user-supplied name would be unsafe as a storage key or path."""
 
 

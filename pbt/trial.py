@@ -28,7 +28,8 @@ class TrialStatus(str, Enum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and inf are information (a diverged trial), not null: keep them through JSON.
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
 
 
 class MetricReport(_Model):

@@ -289,7 +289,7 @@ class Controller:
     def _create(self, s: Suggestion) -> Trial:
         number = len(self.trials)
         parent = self._trial(s.parent) if s.parent else None
-        if s.parent and (parent is None or not parent.usable or not parent.checkpoint):
+        if s.parent and (parent is None or not parent.usable or not parent.checkpoint or parent.checkpoint_deleted):
             raise FatalError(f"policy {self.spec.algorithm.name} chose {s.parent!r} as a parent, which is not usable")
         missing = [name for name in self.spec.parameters if name not in s.params]
         if missing:

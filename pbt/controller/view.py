@@ -31,6 +31,9 @@ class TrialView(Sequence[Trial]):
         for t in trials:
             self.append(t)
 
+    #: ``usable_by_generation`` holds usable trials whose checkpoints still exist: the ones a
+    #: policy may pick as parents.
+
     @classmethod
     def of(cls, trials: Sequence[Trial]) -> TrialView:
         return trials if isinstance(trials, TrialView) else cls(trials)
@@ -63,7 +66,7 @@ class TrialView(Sequence[Trial]):
             current = self.latest_by_member.get(t.member)
             if current is None or current.number <= t.number:
                 self.latest_by_member[t.member] = t
-        if t.usable:
+        if t.usable and not t.checkpoint_deleted:  # a parent needs its checkpoint
             self.usable_by_generation[t.generation][t.id] = t
 
     def _remove(self, t: Trial) -> None:

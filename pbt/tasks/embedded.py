@@ -41,6 +41,7 @@ class _PipeReporter:
 
 def _worker_main(conn: Connection, name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
+    name = f"{name} (pid {os.getpid()})"  # what operators need to find (or kill) it
     while True:
         try:
             kind, payload = conn.recv()

@@ -124,12 +124,12 @@ class PBT(Policy):
                 member=initiator.member,
                 generation=child_generation,
             )
-        # Failed with nothing usable anywhere: start this member over from the prior.
+        # Failed with nothing usable anywhere (early in a study): a new root from the prior.
         return Suggestion(
             params=sample_params(self.space, rng),
             steps=steps,
             member=initiator.member,
-            generation=child_generation,
+            generation=0,
             metadata={"restart": True},
         )
 
