@@ -1,0 +1,1 @@
+"""Models for the built-in case studies; each is one readable file."""
