@@ -1,0 +1,1 @@
+"""Data for the built-in case studies (the speech corpus of the WaveNet study)."""
