@@ -234,7 +234,10 @@ def log_mel_spectrogram(
 ) -> torch.Tensor:
     """(B, T) float audio → (B, n_mels, T // hop + 1) log-mel frames, the vocoder's input."""
     window = torch.hann_window(n_fft, device=audio.device)
-    spec = torch.stft(audio.float(), n_fft, hop_length=hop, window=window, center=True, return_complex=True)
+    # Zero (not reflect) padding: a crop may be shorter than the window.
+    spec = torch.stft(
+        audio.float(), n_fft, hop_length=hop, window=window, center=True, pad_mode="constant", return_complex=True
+    )
     power = spec.abs().pow(2)  # (B, n_fft // 2 + 1, frames)
     mel = mel_filterbank(sample_rate, n_fft, n_mels, device=audio.device) @ power
     return torch.log(mel.clamp_min(1e-5))
