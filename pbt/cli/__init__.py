@@ -21,6 +21,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
     from pbt.cli import study_commands  # noqa: F401
+    from pbt.cli import data_commands  # noqa: F401
 
 
 def main() -> None:

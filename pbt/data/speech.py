@@ -325,7 +325,7 @@ def build_speech_corpus(
         raise CorpusError(f"eSpeak NG has no voice(s) {bad} (try en-us, en, en-us+f2, en-gb-scotland)")
     replaceable = overwrite and (out / MANIFEST).is_file()
     if out.exists() and any(out.iterdir()) and not replaceable:
-        raise CorpusError(f"{out}: folder exists and is not empty (overwrite only replaces a built corpus)")
+        raise CorpusError(f"{out}: folder exists and is not empty (--overwrite replaces only a corpus built here)")
 
     rng = random.Random(seed)
     texts = make_sentences(sentences, seed)
