@@ -202,17 +202,22 @@ class _Raw:
         yield self._body
 
 
-def http_error(status: int, code: str) -> Callable[[Any], AWSResponse]:
-    """A fault: S3 answers ``status`` with an XML error ``code`` (e.g. 503 SlowDown)."""
-    body = (
-        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-        f"<Message>injected {code}</Message><RequestId>test</RequestId></Error>"
-    ).encode()
+def canned(status: int, body: bytes) -> Callable[[Any], AWSResponse]:
+    """A fault: S3 answers ``status`` with this XML ``body``, whatever was asked."""
 
     def fault(request: Any) -> AWSResponse:
         return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
 
     return fault
+
+
+def http_error(status: int, code: str) -> Callable[[Any], AWSResponse]:
+    """A fault: S3 answers ``status`` with an XML error ``code`` (e.g. 503 SlowDown)."""
+    return canned(
+        status,
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>injected {code}</Message><RequestId>test</RequestId></Error>".encode(),
+    )
 
 
 def connection_refused(request: Any) -> None:

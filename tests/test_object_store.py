@@ -464,6 +464,39 @@ def test_s3_client_is_built_once_per_process_and_settings(s3: sb.Backend) -> Non
     assert s3.store.client is not before
 
 
+def test_s3_listing_follows_continuation_pages(s3: sb.Backend, inject: Callable) -> None:
+    """Force two keys per page: the paginator, StartAfter and prefix stripping hold across pages."""
+    store = s3.store
+    keys = ["a-b", "a/b", "a/c", "b/1", "b/2", "b/3", "c"]
+    for key in keys:
+        store.put_bytes(key, key.encode())
+    counter = inject(store)
+    store.client.meta.events.register(  # type: ignore[attr-defined]
+        "provide-client-params.s3.ListObjectsV2", lambda params, **_: params.update(MaxKeys=2)
+    )
+    assert keys_of(store) == sorted(keys)
+    assert counter.sent["ListObjectsV2"] == 4
+    assert keys_of(store, "b/", start_after="b/1") == ["b/2", "b/3"]
+    assert keys_of(store, start_after="a/c") == ["b/1", "b/2", "b/3", "c"]
+
+
+@pytest.mark.parametrize(("code", "error"), [("AccessDenied", S3ConfigError), ("InternalError", StorageError)])
+def test_s3_per_key_delete_failures_are_not_ignored(
+    s3: sb.Backend, inject: Callable, code: str, error: type[Exception]
+) -> None:
+    """DeleteObjects answers 200 even when some keys failed; those failures must surface."""
+    store = s3.store
+    assert isinstance(store, S3ObjectStore)
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult><Error><Key>{store.prefix}/x/2</Key>'
+        f"<Code>{code}</Code><Message>injected</Message></Error></DeleteResult>"
+    ).encode()
+    inject(store, sb.canned(200, body), fail_run=None, operations=frozenset({"DeleteObjects"}))
+    with pytest.raises(error) as info:
+        store.delete(["x/1", "x/2"])
+    assert store.url("x/2") in str(info.value) and "1 of 2 keys failed" in str(info.value)
+
+
 def test_s3_missing_bucket_is_a_fatal_configuration_error(s3: sb.Backend, tmp_path: Path) -> None:
     store = S3ObjectStore("s3://pbt-no-such-bucket/p", s3.settings)
     for call in (

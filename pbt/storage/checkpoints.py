@@ -20,6 +20,7 @@ Files are hashed and moved in chunks: memory use does not depend on checkpoint s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -116,6 +117,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _move(src: Path, dest: Path) -> None:
+    """Rename into place; copy only if ``dest`` is on another file system (a mount point)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.move(src, dest)
+
+
 class _PartVanished(Exception):
     """A part listed by the manifest we hold is gone: corruption, or a writer replaced it."""
 
@@ -191,17 +203,15 @@ class CheckpointStore:
         """
         validate_key(name)
         directory = Path(directory)
+        raw = self._manifest_bytes(name)  # before creating anything: a missing checkpoint leaves no trace
         directory.mkdir(parents=True, exist_ok=True)
-        raw = self._manifest_bytes(name)
         for _ in range(_LOAD_RESTARTS + 1):
             manifest = Manifest.from_json(name, raw)
             staging = Path(tempfile.mkdtemp(prefix=".pbt-load-", dir=directory.parent))
             try:
                 self._fetch(manifest, staging)
                 for part in manifest.parts:
-                    dest = directory / part.path
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / part.path, dest)
+                    _move(staging / part.path, directory / part.path)
                 return manifest
             except _PartVanished as gone:
                 missing = gone.part
