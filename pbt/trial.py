@@ -81,7 +81,8 @@ class Trial(_Model):
     metrics: list[MetricReport] = Field(default_factory=list)
     objective: float | None = None  # the objective metric at the end (None until completed)
     status: TrialStatus = TrialStatus.PENDING
-    attempts: int = 0
+    attempts: int = 0  # times published (a lost message re-published counts here)
+    failures: int = 0  # attempts that failed or whose worker went silent mid-trial
     error: str | None = None
     checkpoint: str | None = None  # key of the final checkpoint
     checkpoint_deleted: bool = False
@@ -125,6 +126,8 @@ class TrialTask(_Model):
     checkpoint_every: int | None = None
     evaluate_every_checkpoint: bool = True
     published_at: float = 0.0
+    heartbeat_seconds: float = 5.0  # distributed workers refresh their liveness key this often
+    lease_seconds: float = 120.0  # ... with this TTL
 
 
 class TrialResult(_Model):

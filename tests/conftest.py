@@ -1,3 +1,33 @@
 """Shared fixtures. Sections are owned by the part of pbt they serve; keep them separate."""
 
 from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from redis_procs import RedisServer, ping
+
+# --- Redis (distributed tests) -----------------------------------------------------------------
+
+_NO_REDIS = (
+    "no Redis for the distributed tests: nothing answers at {url} and redis-server is not on PATH. "
+    "Install Redis (apt-get install redis-server, brew install redis) or point PBT_TEST_REDIS_URL at one."
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """PBT_TEST_REDIS_URL, else 127.0.0.1:6379, else a private redis-server; never a silent skip."""
+    url = os.environ.get("PBT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if ping(url):
+        yield url
+        return
+    if not shutil.which("redis-server"):
+        pytest.fail(_NO_REDIS.format(url=url), pytrace=False)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

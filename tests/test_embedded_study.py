@@ -13,7 +13,7 @@ import time
 
 import pytest
 from helpers import toy_data
-from procs import ROOT, cmdline, descendants, kill_group, pbt, pbt_background, status, wait_for, write_study
+from procs import ROOT, kill_group, pbt, pbt_background, status, wait_for, write_study
 
 pytestmark = pytest.mark.slow
 

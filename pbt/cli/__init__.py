@@ -20,8 +20,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
-    from pbt.cli import study_commands  # noqa: F401
-    from pbt.cli import data_commands  # noqa: F401
+    from pbt.cli import (  # noqa: F401
+        data_commands,
+        study_commands,
+        worker_commands,
+    )
 
 
 def main() -> None:

@@ -91,6 +91,7 @@ class Controller:
         self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
         self.last_seen: dict[str, float] = {}
         self.stop_sent: set[str] = set()
+        self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
         self.dirty: dict[str, Trial] = {}
         self.outbox: list[TrialTask] = []
         self.best: Trial | None = None
@@ -135,7 +136,8 @@ class Controller:
             if trial.status.terminal:
                 continue
             if self.executor.survives_controller:
-                self.tasks[trial.id] = self._task(trial, trial.attempts)
+                self.tasks[trial.id] = task = self._task(trial, trial.attempts)
+                self.executor.adopt(task)
                 self.last_seen[trial.id] = now  # give the running attempt a lease to report in
             else:
                 self._publish(trial)
@@ -211,6 +213,8 @@ class Controller:
             self._result(trial, message)
 
     def _progress(self, trial: Trial, p: Progress) -> None:
+        if p.attempt == trial.attempts:
+            self.reported.add(trial.id)
         changes: dict = {"worker": p.worker}
         if trial.status is TrialStatus.PENDING:
             changes.update(status=TrialStatus.RUNNING, started_at=trial.started_at or p.at)
@@ -222,13 +226,16 @@ class Controller:
 
     def _result(self, trial: Trial, r: TrialResult) -> None:
         timings = trial.timings.add(r.timings)
-        if r.status is TrialStatus.FAILED and r.retryable and trial.attempts < self.spec.execution.max_attempts:
+        retry = r.status is TrialStatus.FAILED and r.retryable
+        if retry and r.attempt != trial.attempts:
+            return  # a superseded attempt failed; the current one is still running
+        if retry and trial.failures + 1 < self.spec.execution.max_attempts:
             log.warning("trial %s attempt %d failed, retrying: %s", trial.id, r.attempt, _first_line(r.error))
-            trial = self._update(trial, timings=timings, worker=r.worker, error=r.error)
-            if r.attempt == trial.attempts:  # a stale attempt's failure does not retry the current one
-                self._publish(trial)
+            trial = self._update(trial, timings=timings, worker=r.worker, error=r.error, failures=trial.failures + 1)
+            self._publish(trial)
             return
         changes: dict = dict(
+            failures=trial.failures + (r.status is TrialStatus.FAILED),
             status=r.status,
             steps_done=r.steps_done,
             metrics=r.metrics or trial.metrics,
@@ -326,6 +333,7 @@ class Controller:
     def _publish(self, trial: Trial) -> Trial:
         """Queue a new attempt; :meth:`_send` submits it after its record is durable."""
         trial = self._update(trial, attempts=trial.attempts + 1)
+        self.reported.discard(trial.id)
         self.tasks[trial.id] = task = self._task(trial, trial.attempts)
         self.last_seen[trial.id] = time.time()
         self.outbox.append(task)
@@ -358,6 +366,8 @@ class Controller:
             checkpoint_every=self.spec.execution.checkpoint_every,
             evaluate_every_checkpoint=self.spec.execution.evaluate_every_checkpoint,
             published_at=time.time(),
+            heartbeat_seconds=self.spec.execution.heartbeat_seconds,
+            lease_seconds=self.spec.execution.lease_seconds,
         )
 
     def _fallbacks(self, trial: Trial) -> list[str]:
@@ -385,24 +395,23 @@ class Controller:
             if trial is None:
                 continue
             if task.trial_id in held:
-                self.last_seen[task.trial_id] = now  # still queued: not lost, just waiting
+                self.last_seen[task.trial_id] = now  # still queued: not lost, just waiting for a worker
                 continue
-            if trial.attempts >= self.spec.execution.max_attempts:
-                self._result(
-                    trial,
-                    TrialResult(
-                        study=trial.study,
-                        trial_id=trial.id,
-                        attempt=trial.attempts,
-                        status=TrialStatus.FAILED,
-                        error=f"no heartbeat for {lease:g}s on attempt {trial.attempts}; attempts exhausted",
-                        finished_at=now,
-                    ),
-                )
+            if task.trial_id not in self.reported:
+                # The broker lost the message before any worker ran it (a Redis restart or
+                # FLUSHALL): publish again; this is not the trial's fault and costs no attempt.
+                log.warning("trial %s: attempt %d vanished from the broker; re-publishing", trial.id, trial.attempts)
+                self._publish(trial)
+            elif trial.failures + 1 >= self.spec.execution.max_attempts:
+                self._result(trial, TrialResult(
+                    study=trial.study, trial_id=trial.id, attempt=trial.attempts, status=TrialStatus.FAILED,
+                    error=f"worker went silent for {lease:g}s on attempt {trial.attempts}; attempts exhausted",
+                    finished_at=now,
+                ))
             else:
-                log.warning(
-                    "trial %s: no heartbeat for %.0fs, re-publishing (attempt %d)", trial.id, lease, trial.attempts + 1
-                )
+                log.warning("trial %s: worker silent for %.0fs, re-publishing (attempt %d)", trial.id, lease,
+                            trial.attempts + 1)
+                trial = self._update(trial, failures=trial.failures + 1)
                 self._publish(trial)
 
     def _early_stop(self) -> None:

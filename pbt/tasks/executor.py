@@ -38,6 +38,9 @@ class Executor(ABC):
     def ack(self, events: Sequence[Event]) -> None:  # noqa: B027 - optional hook
         """Called once the events are durably recorded; at-least-once executors ack here."""
 
+    def adopt(self, task: TrialTask) -> None:  # noqa: B027 - optional hook
+        """Track an attempt published by a previous controller (executors that survive it)."""
+
     @abstractmethod
     def stop(self, task: TrialTask) -> None:
         """Ask the attempt running ``task`` to stop (cooperatively, at its next chunk)."""

@@ -10,6 +10,7 @@ Config (``trainer.config`` in the study file):
   ``lr`` (η, default 0.01), ``theta0`` (default [0.9, 1.0]),
   ``fail_above`` (test hook: raise in ``train`` when h0 exceeds this value),
   ``nan_above`` (test hook: report NaN when h0 exceeds this value),
+  ``hang_above`` (test hook: block forever in ``train`` when h1 exceeds this value),
   ``sleep_per_step`` (seconds, to make trials long enough to kill in chaos tests).
 """
 
@@ -38,6 +39,7 @@ class ToyTrainer:
         self.theta0 = [float(x) for x in config.get("theta0", [0.9, 1.0])]
         self.fail_above = config.get("fail_above")
         self.nan_above = config.get("nan_above")
+        self.hang_above = config.get("hang_above")
         self.sleep_per_step = float(config.get("sleep_per_step", 0.0))
         self.theta = list(self.theta0)
         self.h = [1.0, 1.0]
@@ -51,6 +53,9 @@ class ToyTrainer:
     def train(self, steps: int) -> dict[str, float]:
         if self.fail_above is not None and self.h[0] > float(self.fail_above):
             raise RuntimeError(f"toy trainer told to fail: h0={self.h[0]:.3f} > {self.fail_above}")
+        if self.hang_above is not None and self.h[1] > float(self.hang_above):
+            while True:  # a deadlocked data loader, a stuck collective: only a time limit ends it
+                time.sleep(3600)
         for _ in range(steps):
             # ∇θ Q̂ = −2 h∘θ; ascend it.
             self.theta = [t - self.lr * 2.0 * h * t for t, h in zip(self.theta, self.h)]

@@ -1,0 +1,71 @@
+"""The names and connections workers and the controller share through Redis.
+
+Celery carries the trial tasks; everything else a trial says travels here:
+
+* **result queue** ``pbt.results.<study>`` (a kombu queue): results and progress reports,
+  acknowledged by the controller only after it has recorded them durably;
+* **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
+  refreshes while the attempt runs — its absence is how the controller notices a lost worker;
+* **attempt** ``pbt:<study>:attempt:<trial>``: the current attempt number, so a stale delivery
+  of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
+* **stop** ``pbt:<study>:stop:<trial>``: the policy early-stopped this trial.
+
+Only ``redis://`` and ``rediss://`` brokers are supported: these keys need Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import redis
+from kombu import Exchange, Queue
+
+from pbt.errors import SpecError
+from pbt.spec import redact_url
+
+FLAG_TTL = 7 * 24 * 3600  # attempt and stop flags outlive any reasonable trial
+
+
+def check_broker_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "redis+socket://")):
+        raise SpecError(f"broker: {redact_url(url)!r} is not a Redis URL (redis://[:password@]host:port/db or rediss://)")
+    return url
+
+
+def broker_url(explicit: str | None = None) -> str:
+    """The broker URL: explicit, else ``PBT_BROKER_URL``, else ``CELERY_BROKER_URL``, else local Redis."""
+    url = explicit or os.environ.get("PBT_BROKER_URL") or os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    return check_broker_url(url)
+
+
+def result_queue(study: str) -> Queue:
+    name = f"pbt.results.{study}"
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def alive_key(study: str, trial_id: str) -> str:
+    return f"pbt:{study}:alive:{trial_id}"
+
+
+def attempt_key(study: str, trial_id: str) -> str:
+    return f"pbt:{study}:attempt:{trial_id}"
+
+
+def stop_key(study: str, trial_id: str) -> str:
+    return f"pbt:{study}:stop:{trial_id}"
+
+
+def task_id(study: str, trial_id: str, attempt: int) -> str:
+    """Celery task ids that read well in Flower: ``toy.t000042.a2``."""
+    return f"{study}.{trial_id}.a{attempt}"
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, pid: int) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """One client (connection pool) per process and URL; rebuilt after fork."""
+    return _client(url, os.getpid())
