@@ -24,6 +24,9 @@ Why it is built this way:
   does not grow with the object; a multipart upload only becomes visible when it completes,
   which keeps ``put_file`` atomic. (Give the bucket an ``AbortIncompleteMultipartUpload``
   lifecycle rule so uploads killed with their process do not accumulate.)
+* **Integrity** is end to end in :mod:`pbt.storage.checkpoints` (SHA-256 per part); botocore's
+  own CRC checksums come on top. S3-compatible stores that reject those checksums (older MinIO,
+  some appliances) work with ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``.
 
 Settings (environment, read when a store is built; ``S3Settings`` for code and tests):
 ``PBT_S3_ENDPOINT_URL``, ``PBT_S3_RETRY_MODE`` (``standard``/``adaptive``; else
