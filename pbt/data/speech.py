@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -47,73 +48,24 @@ class CorpusError(FatalError):
 
 # ---------------------------------------------------------------------------- sentences
 
+# fmt: off
 _SUBJECTS = (
-    "the old man",
-    "a young girl",
-    "my sister",
-    "the teacher",
-    "our neighbour",
-    "the farmer",
-    "a tired pilot",
-    "the small boy",
-    "her brother",
-    "the doctor",
-    "a quiet student",
-    "the captain",
-    "my uncle",
-    "the baker",
-    "a friendly dog",
-    "the new manager",
-    "his mother",
-    "the singer",
+    "the old man", "a young girl", "my sister", "the teacher", "our neighbour", "the farmer", "a tired pilot",
+    "the small boy", "her brother", "the doctor", "a quiet student", "the captain", "my uncle", "the baker",
+    "a friendly dog", "the new manager", "his mother", "the singer",
 )
 _VERBS = (
-    "painted",
-    "carried",
-    "found",
-    "cleaned",
-    "opened",
-    "borrowed",
-    "repaired",
-    "described",
-    "watched",
-    "sold",
-    "forgot",
-    "noticed",
-    "packed",
-    "wrapped",
-    "moved",
-    "counted",
+    "painted", "carried", "found", "cleaned", "opened", "borrowed", "repaired", "described", "watched",
+    "sold", "forgot", "noticed", "packed", "wrapped", "moved", "counted",
 )
 _OBJECTS = (
-    "the blue door",
-    "a heavy box",
-    "three green apples",
-    "the broken clock",
-    "an old map",
-    "the kitchen table",
-    "a wooden boat",
-    "the letters",
-    "a bright lamp",
-    "the garden gate",
-    "two silver coins",
-    "the winter coat",
-    "a long ladder",
-    "the red bicycle",
-    "a basket of bread",
+    "the blue door", "a heavy box", "three green apples", "the broken clock", "an old map",
+    "the kitchen table", "a wooden boat", "the letters", "a bright lamp", "the garden gate",
+    "two silver coins", "the winter coat", "a long ladder", "the red bicycle", "a basket of bread",
 )
 _PLACES = (
-    "in the morning",
-    "near the river",
-    "after dinner",
-    "before the storm",
-    "at the station",
-    "on the hill",
-    "by the window",
-    "during the holiday",
-    "behind the school",
-    "at the market",
-    "under the bridge",
+    "in the morning", "near the river", "after dinner", "before the storm", "at the station", "on the hill",
+    "by the window", "during the holiday", "behind the school", "at the market", "under the bridge",
     "in the quiet village",
 )
 _ADVERBS = ("slowly", "carefully", "quickly", "quietly", "happily", "again", "twice", "at last")
@@ -128,6 +80,7 @@ _TEMPLATES = (
     "There were {n} people {P}, and {s} {V} {O}.",
 )
 _NUMBERS = ("two", "three", "five", "seven", "ten", "twelve", "twenty", "forty")
+# fmt: on
 
 
 def make_sentences(n: int, seed: int) -> list[str]:
@@ -240,6 +193,7 @@ def _trim_silence(audio: np.ndarray, sample_rate: int, threshold: int = 300, mar
 
 
 def resample_int16(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling (anti-aliased, exact rational ratio), back to int16."""
     if source_rate == target_rate:
         return audio.astype(np.int16, copy=False)
     from scipy.signal import resample_poly
@@ -249,26 +203,22 @@ def resample_int16(audio: np.ndarray, source_rate: int, target_rate: int) -> np.
     return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
 
-def _synthesize_chunk(job: dict[str, Any]) -> list[int]:
-    """Synthesise one chunk into WAV files; returns each utterance's length in samples."""
-    engine = ESpeak.instance()
-    lengths = []
-    for index, text, voice, rate, path in job["items"]:
-        audio = _trim_silence(engine.synthesize(text, voice, rate, seed=job["seed"] + index), ESPEAK_RATE)
-        audio = resample_int16(audio, ESPEAK_RATE, job["sample_rate"])
-        write_wav(Path(path), audio, job["sample_rate"])
-        lengths.append(int(audio.size))
-    return lengths
-
-
 def _chunk_worker_main() -> None:
-    """Entry point of a synthesis subprocess: a JSON job on stdin, the lengths on stdout."""
-    import sys
+    """Entry point of a synthesis subprocess: a JSON job on stdin, length-prefixed int16 on stdout.
 
-    json.dump(_synthesize_chunk(json.load(sys.stdin)), sys.stdout)
+    The child only synthesises and trims (numpy + ctypes); the parent resamples, so no
+    child pays for importing scipy.
+    """
+    job = json.load(sys.stdin)
+    engine = ESpeak.instance()
+    for index, text, voice, rate in job["items"]:
+        audio = _trim_silence(engine.synthesize(text, voice, rate, seed=job["seed"] + index), ESPEAK_RATE)
+        sys.stdout.buffer.write(struct.pack("<q", audio.size) + audio.astype("<i2").tobytes())
+    sys.stdout.buffer.flush()
 
 
-def _run_chunk_in_fresh_process(job: dict[str, Any]) -> list[int]:
+def _synthesize_in_fresh_process(job: dict[str, Any]) -> list[np.ndarray]:
+    """int16 audio at eSpeak's rate for each item of ``job``, from a brand-new interpreter."""
     # A plain interpreter, not multiprocessing: spawn would re-import the caller's __main__,
     # which breaks any script without an ``if __name__ == "__main__"`` guard.
     env = dict(os.environ)
@@ -276,16 +226,20 @@ def _run_chunk_in_fresh_process(job: dict[str, Any]) -> list[int]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-c", "from pbt.data.speech import _chunk_worker_main; _chunk_worker_main()"],
-        input=json.dumps(job),
+        input=json.dumps(job).encode(),
         capture_output=True,
-        text=True,
         env=env,
         check=False,
     )
     if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise CorpusError(f"speech synthesis subprocess failed (exit {proc.returncode}): {tail[0]}")
-    return json.loads(proc.stdout)
+    out, pos = [], 0
+    for _ in job["items"]:
+        (n,) = struct.unpack_from("<q", proc.stdout, pos)
+        out.append(np.frombuffer(proc.stdout, "<i2", count=n, offset=pos + 8).astype(np.int16))
+        pos += 8 + 2 * n
+    return out
 
 
 # ---------------------------------------------------------------------------- builder
@@ -348,26 +302,21 @@ def build_speech_corpus(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "wavs").mkdir(parents=True)
-    jobs = [
-        {
-            "seed": seed,
-            "sample_rate": sample_rate,
-            "items": [
-                (i, e["sentence"], e["voice"], e["rate"], str(tmp / e["path"]))
-                for i, e in enumerate(entries[k : k + CHUNK], start=k)
-            ],
-        }
-        for k in range(0, len(entries), CHUNK)
-    ]
+    jobs = []
+    for k in range(0, len(entries), CHUNK):
+        items = [(i, e["sentence"], e["voice"], e["rate"]) for i, e in enumerate(entries[k : k + CHUNK], start=k)]
+        jobs.append({"seed": seed, "items": items})
     try:
         done = 0
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         with ThreadPoolExecutor(n_workers) as pool:
-            for job, lengths in zip(jobs, pool.map(_run_chunk_in_fresh_process, jobs)):
-                for (index, *_), samples in zip(job["items"], lengths):
-                    entries[index]["samples"] = samples
-                    entries[index]["seconds"] = round(samples / sample_rate, 4)
-                done += len(lengths)
+            for job, clips in zip(jobs, pool.map(_synthesize_in_fresh_process, jobs)):
+                for (index, *_), clip in zip(job["items"], clips):
+                    audio = resample_int16(clip, ESPEAK_RATE, sample_rate)
+                    write_wav(tmp / entries[index]["path"], audio, sample_rate)
+                    entries[index]["samples"] = int(audio.size)
+                    entries[index]["seconds"] = round(audio.size / sample_rate, 4)
+                done += len(clips)
                 if progress:
                     progress(done, len(entries))
         manifest = _manifest(entries, seed=seed, sample_rate=sample_rate, voices=voices, rates=rates)

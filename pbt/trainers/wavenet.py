@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pbt.data.speech import load_speech_corpus, write_wav
@@ -104,10 +105,8 @@ def corpus_streams(cfg: Mapping[str, Any]) -> _Streams:
     return _CORPUS_CACHE[key]
 
 
-def _concat(arrays: list[Any]) -> Any:
-    import numpy as np
-
-    return np.concatenate(arrays).astype(np.int16)
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int16, copy=False)
 
 
 def pick_device(name: str) -> torch.device:
@@ -286,9 +285,11 @@ class WaveNetTrainer:
     def _mean_nll(self, stream: torch.Tensor, starts: torch.Tensor, crop: int) -> float:
         # Every crop scores the same number of predictions, so the mean of batch means is exact
         # when batches are weighted by their size.
-        total = 0.0
-        for i in range(0, starts.numel(), self.batch_size):
-            batch = starts[i : i + self.batch_size]
+        # The config's batch size, not a tuned one, so a metric never depends on a hyperparameter's
+        # effect on summation order.
+        total, size = 0.0, int(self.cfg["batch_size"])
+        for i in range(0, starts.numel(), size):
+            batch = starts[i : i + size]
             total += float(self._loss(stream, batch, crop)) * batch.numel()
         return total / starts.numel()
 
