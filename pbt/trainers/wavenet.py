@@ -77,11 +77,16 @@ class _Streams:
     validation: torch.Tensor
 
 
-_CORPUS_CACHE: dict[tuple[Any, ...], _Streams] = {}
+_CORPUS_CACHE: dict[Any, _Streams] = {}
 
 
-def corpus_streams(cfg: Mapping[str, Any]) -> _Streams:
-    """The corpus as two int16 streams, loaded once per process: a worker runs many trials."""
+def corpus_streams(cfg: Mapping[str, Any], device: torch.device | None = None) -> _Streams:
+    """The corpus as two int16 streams, loaded once per process and device: a worker runs many trials.
+
+    On a GPU the whole corpus lives in device memory (int16: 115 MB per hour at 16 kHz), so
+    cutting a batch of crops is one gather on the device instead of a host copy per step.
+    """
+    device = device or torch.device("cpu")
     key = (
         str(Path(cfg["data"]).resolve()),
         cfg["sample_rate"],
@@ -89,6 +94,8 @@ def corpus_streams(cfg: Mapping[str, Any]) -> _Streams:
         cfg["validation_fraction"],
         cfg["split_seed"],
     )
+    if (key, device) in _CORPUS_CACHE:
+        return _CORPUS_CACHE[key, device]
     if key not in _CORPUS_CACHE:
         corpus = load_speech_corpus(
             cfg["data"],
@@ -102,7 +109,12 @@ def corpus_streams(cfg: Mapping[str, Any]) -> _Streams:
             torch.from_numpy(_concat(corpus.train)),
             torch.from_numpy(_concat(corpus.validation)),
         )
-    return _CORPUS_CACHE[key]
+    host = _CORPUS_CACHE[key]
+    if device.type != "cpu":
+        streams = _Streams(host.sample_rate, host.train.to(device), host.validation.to(device))
+        _CORPUS_CACHE[key, device] = streams
+        return streams
+    return host
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -155,11 +167,11 @@ class WaveNetTrainer:
         self.hparams = dict(hparams)
         self.batch_size = int(hparams.get("batch_size", self.cfg["batch_size"]))
         self.grad_clip = float(hparams["grad_clip"]) if hparams.get("grad_clip") else None
-        self.data = corpus_streams(self.cfg)
         with torch.random.fork_rng(devices=[]):  # same weights for the same seed, whatever ran before
             torch.manual_seed(seed)
             self.model = WaveNet(self.model_config)
         self.model.to(self.device)
+        self.data = corpus_streams(self.cfg, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(hparams["lr"]))
         self._apply_hparams()
         self.crop_rng = torch.Generator().manual_seed(seed + 0x5EED)
@@ -267,7 +279,8 @@ class WaveNetTrainer:
 
     def _loss(self, stream: torch.Tensor, starts: torch.Tensor, crop: int) -> torch.Tensor:
         """Mean NLL in nats over the predictions whose receptive field lies inside each crop."""
-        audio = stream[starts[:, None] + torch.arange(crop + 1)].to(self.device).float() / 32768.0
+        offsets = starts.to(stream.device)[:, None] + torch.arange(crop + 1, device=stream.device)
+        audio = stream[offsets].float() / 32768.0
         q = mu_law_encode(audio, self.model_config.quantization)
         targets = q[:, 1:].clone()
         targets[:, : self.model_config.receptive_field - 1] = -1
