@@ -6,7 +6,8 @@ import os
 import shutil
 
 import pytest
-from redis_procs import RedisServer, ping
+
+from pbt.testing import RedisServer, ping
 
 # --- Redis (distributed tests) -----------------------------------------------------------------
 

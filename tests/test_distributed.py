@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 from helpers import toy_data
-from procs import kill_group, pbt, pbt_background, status, wait_for, write_study
-from redis_procs import RedisServer, Workers
 from test_embedded_study import assert_complete_and_once
+
+from pbt.testing import RedisServer, Workers, kill_group, pbt, pbt_background, status, wait_for, write_study
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,15 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from helpers import toy_data
-from procs import ROOT, kill_group, pbt, pbt_background, status, wait_for, write_study
+
+from pbt.testing import kill_group, pbt, pbt_background, status, wait_for, write_study
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_complete_and_once(data: dict) -> None:
@@ -35,7 +38,7 @@ def assert_complete_and_once(data: dict) -> None:
 
 def test_readme_quick_start_runs_the_toy_study(tmp_path):
     started = time.time()
-    proc = pbt("run", "examples/toy.yaml", "--storage", str(tmp_path / "runs"), timeout=120)
+    proc = pbt("run", "examples/toy.yaml", "--storage", str(tmp_path / "runs"), timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert time.time() - started < 60
     assert "best trial" in proc.stderr and "hyperparameter schedule" in proc.stderr
@@ -162,4 +165,3 @@ def test_cli_help_and_exit_codes(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing ran
     proc = pbt("status", "nosuchstudy", "--storage", str(tmp_path / "runs"))
     assert proc.returncode == 1 and "no study 'nosuchstudy'" in proc.stderr
-    assert ROOT.exists()

@@ -63,7 +63,7 @@ class Population:
         return self.view.latest_by_member
 
     def best_usable(self) -> Trial | None:
-        usable = [t for bucket in self.view.usable_by_generation.values() for t in bucket.values()]
+        usable = list(self.view.all_parent_candidates())
         return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
 
 
@@ -86,12 +86,18 @@ class Tournament:
     generations: int = 2
 
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
-        low = initiator.generation - self.generations + 1
-        candidates = [t for t in population.view.usable_in(low, initiator.generation) if t.id != initiator.id]
-        if not candidates:
+        view, low, high = population.view, initiator.generation - self.generations + 1, initiator.generation
+        # Draw uniformly among the window's parent candidates other than the initiator, without
+        # materialising the window: O(generations + log population) per decision.
+        count = view.parents_count(low, high)
+        own = view.parent_position(low, high, initiator)
+        if count - (own is not None) <= 0:
             # Nobody in the window: a failed initiator copies the best of anything usable.
             return None if initiator.usable else population.best_usable()
-        opponent = candidates[int(rng.integers(len(candidates)))]
+        index = int(rng.integers(count - (own is not None)))
+        if own is not None and index >= own:
+            index += 1
+        opponent = view.parent_at(low, high, index)
         if not initiator.usable or population.fitness(opponent) > population.fitness(initiator):
             return opponent
         return None

@@ -91,6 +91,7 @@ class Controller:
         self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
         self.last_seen: dict[str, float] = {}
         self.stop_sent: set[str] = set()
+        self.last_lease_check = 0.0
         self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
         self.dirty: dict[str, Trial] = {}
         self.outbox: list[TrialTask] = []
@@ -385,6 +386,9 @@ class Controller:
 
     def _check_leases(self) -> None:
         now = time.time()
+        if now - self.last_lease_check < min(1.0, self.spec.execution.heartbeat_seconds):
+            return  # O(in-flight) work: not on every tick
+        self.last_lease_check = now
         lease = self.spec.execution.lease_seconds
         expired = [self.tasks[i] for i, seen in self.last_seen.items() if now - seen > lease and i in self.tasks]
         if not expired:

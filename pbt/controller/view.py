@@ -10,8 +10,9 @@ builds the same view in one pass with :meth:`TrialView.of`.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
 from pbt.trial import Trial, TrialStatus
@@ -23,16 +24,23 @@ def committed(trial: Trial) -> int:
 
 
 class TrialView(Sequence[Trial]):
+    """Trials in creation order, plus incrementally maintained indexes:
+
+    * ``committed_steps`` — steps held against the budget;
+    * ``latest_by_member`` — each PBT member's newest trial;
+    * ``ready`` — members whose newest trial has ended (the ones waiting for a decision);
+    * per-generation lists of *parent candidates* — usable trials whose checkpoints still exist,
+      kept sorted by trial number so a random pick is canonical (the same after a restart).
+    """
+
     def __init__(self, trials: Iterable[Trial] = ()) -> None:
         self._items: list[Trial] = []
         self.committed_steps = 0
         self.latest_by_member: dict[int, Trial] = {}
-        self.usable_by_generation: dict[int, dict[str, Trial]] = defaultdict(dict)
+        self.ready: dict[int, Trial] = {}
+        self._parents: dict[int, list[Trial]] = defaultdict(list)
         for t in trials:
             self.append(t)
-
-    #: ``usable_by_generation`` holds usable trials whose checkpoints still exist: the ones a
-    #: policy may pick as parents.
 
     @classmethod
     def of(cls, trials: Sequence[Trial]) -> TrialView:
@@ -66,15 +74,57 @@ class TrialView(Sequence[Trial]):
             current = self.latest_by_member.get(t.member)
             if current is None or current.number <= t.number:
                 self.latest_by_member[t.member] = t
-        if t.usable and not t.checkpoint_deleted:  # a parent needs its checkpoint
-            self.usable_by_generation[t.generation][t.id] = t
+                if t.status.terminal:
+                    self.ready[t.member] = t
+                else:
+                    self.ready.pop(t.member, None)
+        if _is_parent_candidate(t):
+            bucket = self._parents[t.generation]
+            bisect.insort(bucket, t, key=_number)
 
     def _remove(self, t: Trial) -> None:
         self.committed_steps -= committed(t)
-        if t.usable:
-            self.usable_by_generation[t.generation].pop(t.id, None)
+        if _is_parent_candidate(t):
+            bucket = self._parents[t.generation]
+            i = bisect.bisect_left(bucket, t.number, key=_number)
+            if i < len(bucket) and bucket[i].number == t.number:
+                del bucket[i]
+
+    def parents_count(self, low: int, high: int) -> int:
+        """How many parent candidates have low <= generation <= high."""
+        return sum(len(self._parents.get(g, ())) for g in range(max(low, 0), high + 1))
+
+    def parent_at(self, low: int, high: int, index: int) -> Trial:
+        """The ``index``-th candidate of those generations, generation by generation, by number."""
+        for g in range(max(low, 0), high + 1):
+            bucket = self._parents.get(g, ())
+            if index < len(bucket):
+                return bucket[index]
+            index -= len(bucket)
+        raise IndexError(index)
+
+    def parent_position(self, low: int, high: int, trial: Trial) -> int | None:
+        """``trial``'s index among the candidates of those generations, or None if not one."""
+        if not (max(low, 0) <= trial.generation <= high) or not _is_parent_candidate(trial):
+            return None
+        bucket = self._parents.get(trial.generation, [])
+        i = bisect.bisect_left(bucket, trial.number, key=_number)
+        if i == len(bucket) or bucket[i].number != trial.number:
+            return None
+        return self.parents_count(low, trial.generation - 1) + i
 
     def usable_in(self, low: int, high: int) -> list[Trial]:
-        """Usable trials with low <= generation <= high, in creation order."""
-        found = [t for g in range(max(low, 0), high + 1) for t in self.usable_by_generation.get(g, {}).values()]
-        return sorted(found, key=lambda t: t.number)
+        """Parent candidates with low <= generation <= high (materialised: not for hot paths)."""
+        return [t for g in range(max(low, 0), high + 1) for t in self._parents.get(g, ())]
+
+    def all_parent_candidates(self) -> Iterator[Trial]:
+        for bucket in self._parents.values():
+            yield from bucket
+
+
+def _number(t: Trial) -> int:
+    return t.number
+
+
+def _is_parent_candidate(t: Trial) -> bool:
+    return t.usable and not t.checkpoint_deleted  # a parent needs its checkpoint

@@ -124,11 +124,12 @@ class _Heartbeat(threading.Thread):
 
 
 def _post(study: str, body: dict[str, Any]) -> None:
+    # The anonymous exchange routes by queue name alone. Exchange bindings live in Redis and die
+    # with it; a result published through a named exchange after a Redis restart would be dropped.
     queue = channels.result_queue(study)
     with app.producer_or_acquire() as producer:
         producer.publish(
-            body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], serializer="json",
-            delivery_mode="persistent", retry=True,
+            body, exchange="", routing_key=queue.name, serializer="json", delivery_mode="persistent", retry=True,
             retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 1, "interval_max": 5},
         )
 

@@ -84,11 +84,9 @@ class PBT(Policy):
         population = self._population(trials)
         rng = self.rng(trials)
         steps = self.options.steps_per_trial
-        fresh = [m for m in range(self.options.population_size) if m not in population.latest]
-        ended = sorted(
-            (t for t in population.latest.values() if t.status.terminal),
-            key=lambda t: (t.lineage_steps, t.number),
-        )
+        # Members are started in index order, so the ones without a trial are a contiguous tail.
+        fresh = range(len(population.latest), self.options.population_size)
+        ended = sorted(population.view.ready.values(), key=lambda t: (t.lineage_steps, t.number))
         out: list[Suggestion] = []
         for member in fresh:
             if len(out) >= k or not self.room_for(trials, out, steps):

@@ -1,7 +1,13 @@
-"""Real Redis servers and real Celery workers, owned (started and stopped) by the tests."""
+"""Real processes for tests and benchmarks: the ``pbt`` CLI, Redis servers, Celery workers.
+
+Shipped with the package (as rq and dramatiq ship their test helpers) so that the test suite,
+the benchmarks and users testing their own trainers start, watch and kill processes the same
+way. Everything here starts real processes in their own process groups and cleans up after them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,9 +16,84 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
-from procs import ROOT, wait_for
+import yaml
+
+
+def pbt(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pbt", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=kw.pop("cwd", None), env={**os.environ, **(env or {})}, **kw)
+
+
+def pbt_background(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "pbt", *args], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def status(study: str, storage: str) -> dict[str, Any]:
+    proc = pbt("status", study, "--storage", storage, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def write_study(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc; no psutil needed)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Kill a process started with start_new_session=True and everything it started."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ping(url: str) -> bool:
@@ -78,7 +159,7 @@ class Workers:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "pbt.tasks", "worker", "-Q", self.queue, "-c", "1", "-P", pool,
                  "-n", name, "-l", "info", "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"],
-                stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,  # noqa: SIM115
+                stdout=open(log, "w"), stderr=subprocess.STDOUT, env=self.env,  # noqa: SIM115
                 start_new_session=True,
             )
             names.append(name)
