@@ -55,6 +55,10 @@ def run(
         finally:
             if progress:
                 progress.stop()
+        if snapshot.paused:
+            resume = f"pbt resume {spec.name} --storage {spec.storage}"
+            console.print(f"study {spec.name} paused; continue it with `{resume}`")
+            return
         _print_outcome(spec, json_out)
         if not snapshot.finished:
             raise typer.Exit(1)

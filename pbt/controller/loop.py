@@ -57,6 +57,7 @@ class Snapshot:
     elapsed: float
     gc_bytes_freed: int = 0
     workers: dict[str, object] = field(default_factory=dict)
+    paused: bool = False  # `pbt stop` asked to pause and nothing is in flight any more
 
 
 class Controller:
@@ -92,6 +93,8 @@ class Controller:
         self.last_seen: dict[str, float] = {}
         self.stop_sent: set[str] = set()
         self.last_lease_check = 0.0
+        self.paused = False
+        self.last_control = 0.0
         self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
         self.dirty: dict[str, Trial] = {}
         self.outbox: list[TrialTask] = []
@@ -152,6 +155,7 @@ class Controller:
         self.lease.acquire()
         try:
             self._open()
+            self._refresh_control()
             self._advance()
             self._send()
             deadline = None if max_seconds is None else time.time() + max_seconds
@@ -159,6 +163,7 @@ class Controller:
                 events = self.executor.events(self.poll_interval)
                 for event in events:
                     self._handle(event)
+                self._refresh_control()
                 self._advance()
                 self._check_leases()
                 self._early_stop()
@@ -169,12 +174,14 @@ class Controller:
                 snapshot = self.snapshot()
                 if self.observer:
                     self.observer(snapshot)
-                if snapshot.finished or (deadline is not None and time.time() > deadline):
+                if snapshot.finished or snapshot.paused or (deadline is not None and time.time() > deadline):
                     break
             self._maybe_gc(final=True)
             self._flush()
             self.store.write_doc(
-                "state", {"finished": snapshot.finished, "at": time.time(), "best": self.best.id if self.best else None}
+                "state",
+                {"finished": snapshot.finished, "paused": snapshot.paused, "at": time.time(),
+                 "best": self.best.id if self.best else None},
             )
             self.store.compact()
             return self.snapshot()
@@ -185,8 +192,9 @@ class Controller:
 
     def snapshot(self) -> Snapshot:
         by_status = {k: v for k, v in self.status_counts.items() if v}
-        finished = not self.tasks and self.exhausted
+        finished = not self.tasks and self.exhausted and not self.paused
         return Snapshot(
+            paused=self.paused and not self.tasks,
             trials=len(self.trials),
             by_status=by_status,
             steps_done=self.steps_total,
@@ -267,8 +275,28 @@ class Controller:
 
     # Suggestions --------------------------------------------------------------------------
 
+    def _refresh_control(self) -> None:
+        """Read ``pbt stop``/``pbt resume``'s flag, every couple of seconds."""
+        now = time.time()
+        if now - self.last_control < 2.0:
+            return
+        self.last_control = now
+        try:
+            control = self.store.read_doc("control") or {}
+        except Exception as exc:  # storage hiccup: keep the last known state
+            log.warning("could not read the study's control document: %s", exc)
+            return
+        if bool(control.get("paused")) != self.paused:
+            self.paused = bool(control.get("paused"))
+            state = "paused: finishing in-flight trials" if self.paused else "resumed"
+            log.warning("study %s %s", self.spec.name, state)
+
     def _advance(self) -> None:
         """Apply what can be applied and ask the policy to fill free slots, step by step."""
+        if self.paused:
+            # Results are still recorded, but nothing is applied or suggested: a resumed study
+            # then takes exactly the decisions it would have taken without the pause.
+            return
         created: list[Trial] = []  # published by _send once their records are durable
         if self.deterministic:
             while True:
