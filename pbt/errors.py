@@ -39,6 +39,10 @@ class CorruptCheckpointError(FatalError):
     """A checkpoint's manifest or one of its parts fails verification."""
 
 
+class StorageConfigError(FatalError):
+    """Storage refuses us for a reason retrying will not fix: no bucket, no permission, no credentials."""
+
+
 class StorageError(RetryableError):
     """A storage back end failed in a way that may be transient (after its own retries)."""
 

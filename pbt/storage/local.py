@@ -103,9 +103,9 @@ class LocalObjectStore(ObjectStore):
         yield from found
 
     def delete(self, keys: Iterable[str]) -> None:
+        paths = [self._path(key) for key in keys]  # validate the whole batch before touching any
         parents: set[Path] = set()
-        for key in keys:
-            path = self._path(key)
+        for path in paths:
             path.unlink(missing_ok=True)
             parents.add(path.parent)
         # Prune directories the deletes emptied, deepest first, once per batch: long studies

@@ -60,7 +60,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.exceptions import S3DownloadFailedError
 
-from pbt.errors import FatalError, NotFoundError, SpecError, StorageError
+from pbt.errors import FatalError, NotFoundError, SpecError, StorageConfigError, StorageError
 from pbt.storage.base import ObjectInfo, ObjectStore
 from pbt.storage.keys import validate_key
 
@@ -112,7 +112,7 @@ _CONFIG_ERRORS = (
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
-class S3ConfigError(FatalError):
+class S3ConfigError(StorageConfigError):
     """S3 refused the request for a reason retrying cannot fix (credentials, permissions, bucket).
 
     Not a :class:`~pbt.errors.StorageError`: a worker that retried these would spin until its
