@@ -150,15 +150,16 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
         self.count = 0
 
-    def start(self, n: int = 1, pool: str = "prefork") -> list[str]:
+    def start(self, n: int = 1, pool: str = "prefork", concurrency: int = 1) -> list[str]:
         names = []
         for _ in range(n):
             self.count += 1
             name = f"w{self.count}-{self.queue[-8:]}@localhost"
             log = self.logdir / f"{name}.log"
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "pbt.tasks", "worker", "-Q", self.queue, "-c", "1", "-P", pool,
-                 "-n", name, "-l", "info", "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"],
+                [sys.executable, "-m", "celery", "-A", "pbt.tasks", "worker", "-Q", self.queue, "-c", str(concurrency),
+                 "-P", pool, "-n", name, "-l", "info", "--without-gossip", "--without-mingle",
+                 "--prefetch-multiplier", "1"],
                 stdout=open(log, "w"), stderr=subprocess.STDOUT, env=self.env,  # noqa: SIM115
                 start_new_session=True,
             )

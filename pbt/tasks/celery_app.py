@@ -158,6 +158,11 @@ def run_trial_task(self, task: dict[str, Any]) -> dict[str, Any]:
             raise Reject(str(exc), requeue=True) from None
         finally:
             heartbeat.done.set()
+            heartbeat.join(timeout=5)
+            try:  # the attempt is over: do not let its liveness key outlive it
+                client.delete(channels.alive_key(t.study, t.trial_id))
+            except Exception as exc:
+                log.debug("could not clear the liveness key: %s", exc)
     _post(t.study, result.model_dump(mode="json") | {"kind": "result"})
     return {"trial": t.trial_id, "attempt": t.attempt, "status": result.status.value, "objective": result.objective}
 

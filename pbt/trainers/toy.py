@@ -11,13 +11,16 @@ Config (``trainer.config`` in the study file):
   ``fail_above`` (test hook: raise in ``train`` when h0 exceeds this value),
   ``nan_above`` (test hook: report NaN when h0 exceeds this value),
   ``hang_above`` (test hook: block forever in ``train`` when h1 exceeds this value),
-  ``sleep_per_step`` (seconds, to make trials long enough to kill in chaos tests).
+  ``sleep_per_step`` (seconds, to make trials long enough to kill in chaos tests),
+  ``step_log`` (a file to which every step appends "pid lineage_step": how the recovery
+  benchmark measures exactly how much work a killed worker lost).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +44,7 @@ class ToyTrainer:
         self.nan_above = config.get("nan_above")
         self.hang_above = config.get("hang_above")
         self.sleep_per_step = float(config.get("sleep_per_step", 0.0))
+        self.step_log = config.get("step_log")
         self.theta = list(self.theta0)
         self.h = [1.0, 1.0]
         self.step = 0
@@ -56,12 +60,19 @@ class ToyTrainer:
         if self.hang_above is not None and self.h[1] > float(self.hang_above):
             while True:  # a deadlocked data loader, a stuck collective: only a time limit ends it
                 time.sleep(3600)
-        for _ in range(steps):
-            # ∇θ Q̂ = −2 h∘θ; ascend it.
-            self.theta = [t - self.lr * 2.0 * h * t for t, h in zip(self.theta, self.h)]
-            self.step += 1
-            if self.sleep_per_step:
-                time.sleep(self.sleep_per_step)
+        log = open(self.step_log, "a", buffering=1) if self.step_log else None  # noqa: SIM115
+        try:
+            for _ in range(steps):
+                # ∇θ Q̂ = −2 h∘θ; ascend it.
+                self.theta = [t - self.lr * 2.0 * h * t for t, h in zip(self.theta, self.h)]
+                self.step += 1
+                if log:
+                    log.write(f"{os.getpid()} {self.step}\n")
+                if self.sleep_per_step:
+                    time.sleep(self.sleep_per_step)
+        finally:
+            if log:
+                log.close()
         return {"surrogate": 1.2 - sum(h * t * t for h, t in zip(self.h, self.theta))}
 
     def evaluate(self) -> dict[str, float]:
