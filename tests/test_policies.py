@@ -23,6 +23,7 @@ POLICIES = {
                                                    "selection": "truncation"}},
     "random": {"name": "random", "options": {"num_trials": 30}},
     "grid": {"name": "grid", "options": {"points_per_param": 3}},
+    "bayes": {"name": "bayes", "options": {"num_trials": 12, "n_startup_trials": 4}},
 }
 
 
