@@ -256,9 +256,10 @@ class Controller:
             worker=r.worker,
             finished_at=r.finished_at or time.time(),
         )
-        if r.warm_start and r.warm_start != trial.parent_checkpoint:
+        if r.warm_start:  # recorded always: the record shows the load happened, not only a fallback
             changes["warm_start"] = r.warm_start
-            log.warning("trial %s warm-started from fallback checkpoint %s", trial.id, r.warm_start)
+            if r.warm_start != trial.parent_checkpoint:
+                log.warning("trial %s warm-started from fallback checkpoint %s", trial.id, r.warm_start)
         trial = self._update(trial, **changes)
         self.tasks.pop(trial.id, None)
         self.last_seen.pop(trial.id, None)
