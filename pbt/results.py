@@ -38,6 +38,18 @@ def lineage(trials: Sequence[Trial], trial: Trial) -> list[Trial]:
     return chain[::-1]
 
 
+def ancestry(trials: Sequence[Trial], roots: set[str]) -> set[str]:
+    """``roots`` and every ancestor of theirs: the trials whose checkpoints GC keeps."""
+    by_id = {t.id: t for t in trials}
+    keep: set[str] = set()
+    for root in roots:
+        node = by_id.get(root)
+        while node is not None and node.id not in keep:
+            keep.add(node.id)
+            node = by_id.get(node.parent) if node.parent else None
+    return keep
+
+
 @dataclass(frozen=True)
 class ScheduleSegment:
     """``params`` were in force from ``start`` to ``end`` (lineage steps) during ``trial``."""

@@ -192,3 +192,96 @@ class Workers:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.kill(name)
+
+
+class FaultyS3Proxy:
+    """An HTTP proxy in front of an S3 endpoint that fails some requests, as a brown-out would.
+
+    Every ``fail_every``-th request is answered ``503 SlowDown`` without reaching the store, and
+    every ``reset_every``-th has its connection dropped; the rest pass through unchanged. Point
+    ``PBT_S3_ENDPOINT_URL`` at :attr:`url` and every pbt process — controller and workers alike —
+    goes through real network faults and real botocore retries.
+    """
+
+    def __init__(self, upstream: str, fail_every: int = 5, reset_every: int = 0) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        proxy = self
+        self.requests = 0
+        self.faults = 0
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                with proxy._lock:
+                    proxy.requests += 1
+                    n = proxy.requests
+                if reset_every and n % reset_every == 0:
+                    with proxy._lock:
+                        proxy.faults += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fail_every and n % fail_every == 0:
+                    with proxy._lock:
+                        proxy.faults += 1
+                    payload = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                hop_by_hop = ("transfer-encoding", "connection")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop}
+                headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                finally:
+                    conn.close()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,10 +1,13 @@
 """Checkpoint garbage collection: bounded storage on long studies, without slowing the loop.
 
-A trial's checkpoints can be deleted once no future suggestion can warm-start from it (the
-policy's :meth:`~pbt.controller.policy.Policy.parent_candidates`), no in-flight trial depends
-on it, and it is not on the lineage of the current best trial (kept for replay and for the
-final model). Deciding is cheap and happens on the controller thread; deleting is I/O (one
-unlink or S3 call per object) and happens on a background thread so a tick never waits on it.
+A trial's checkpoints can be deleted once no future trial can descend from it: it is not one
+of the policy's :meth:`~pbt.controller.policy.Policy.parent_candidates`, not running or waiting
+to be applied, not the best, and not an ancestor of any of those. Keeping the ancestry is what
+makes the final best trial's lineage complete (for inspection and continued training) and lets
+a corrupt checkpoint fall back to its parent's; in PBT lineages coalesce, so it is a thin trunk.
+
+Deciding is cheap and happens on the controller thread; deleting is I/O (one unlink or S3 call
+per object) and happens on a background thread so a tick never waits on it.
 """
 
 from __future__ import annotations

@@ -461,15 +461,23 @@ class Controller:
         if self.spec.execution.keep_checkpoints or (not final and now - self.last_gc < self.gc_interval):
             return
         self.last_gc = now
-        keep = self.policy.parent_candidates(self.view)
-        keep.update(t.parent for t in (self._trial(i) for i in self.tasks) if t and t.parent)
-        node = self.best
-        while node is not None:  # the best lineage stays for replay and inspection
-            keep.add(node.id)
-            node = self._trial(node.parent) if node.parent else None
-        # In deterministic mode a completed trial the policy has not seen yet may still be picked.
-        limit = self.frontier if self.deterministic else len(self.trials)
-        self.collector.delete(sorted(i for i in self.gc_candidates - keep if int(i[1:]) < limit))
+        # Roots: what a future trial may warm-start from, what is running or not yet applied, and
+        # the best. Their whole ancestry stays too: any future best descends from a root, so its
+        # lineage stays complete (replay, inspection), and a corrupt checkpoint can fall back to
+        # its parent's. In PBT lineages coalesce, so the ancestry adds a thin trunk, not a tree.
+        roots = self.policy.parent_candidates(self.view)
+        roots.update(self.tasks)
+        if self.deterministic:
+            roots.update(t.id for t in self.trials[self.frontier :])
+        if self.best is not None:
+            roots.add(self.best.id)
+        keep: set[str] = set()
+        for root in roots:
+            node = self._trial(root)
+            while node is not None and node.id not in keep:
+                keep.add(node.id)
+                node = self._trial(node.parent)
+        self.collector.delete(sorted(self.gc_candidates - keep))
         if final:
             self._collect_freed(wait=True)
 
