@@ -204,3 +204,24 @@ def test_sigterm_saves_the_trial_and_hands_it_to_another_worker(tmp_path, worker
     assert after["resumed_from_step"] >= victim["steps_done"]  # it saved at the preemption point
     assert not after["worker"].startswith(first)
     assert "handed back" in workers.log(first)  # Reject(requeue=True), logged by Celery
+
+
+def test_a_password_protected_tls_redis_works_and_its_password_is_never_shown(tmp_path):
+    secret = "pbt-redis-SECRET-7f3a"
+    server = RedisServer(tmp_path, password=secret, tls=True)
+    server.start()
+    pool = Workers(server.url, tmp_path, WORKER_ENV)
+    try:
+        pool.start(1)
+        study = study_file(tmp_path, pool, budget={"total_steps": 64})
+        storage = tmp_path / "runs"
+        proc = pbt("run", str(study), "--storage", str(storage), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "rediss://:***@127.0.0.1" in proc.stderr  # the controller says where, not how
+        shown = proc.stdout + proc.stderr + "".join(pool.log(n) for n in pool.procs)
+        shown += "".join(p.read_text() for p in storage.rglob("*.json"))  # spec, journal, state
+        assert secret not in shown
+        assert_complete_and_once(status("toy", str(storage)))
+    finally:
+        pool.stop_all()
+        server.stop()
