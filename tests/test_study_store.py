@@ -95,3 +95,51 @@ def test_invalid_study_names_never_become_keys(backend):
     for bad in ("../x", "/abs", "a/b", "", ".."):
         with pytest.raises(InvalidNameError):
             StudyStore(backend.store, bad)
+
+
+class CountingStore:
+    """Wraps an object store and counts the requests and bytes a study store makes."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self.gets = self.puts = self.lists = 0
+        self.bytes_written = 0
+
+    def get_bytes(self, key):
+        self.gets += 1
+        return self.inner.get_bytes(key)
+
+    def put_bytes(self, key, data):
+        self.puts += 1
+        self.bytes_written += len(data)
+        return self.inner.put_bytes(key, data)
+
+    def list(self, prefix="", start_after=None):
+        self.lists += 1
+        return self.inner.list(prefix, start_after)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_long_study_costs_linear_writes_and_a_constant_number_of_reads_to_resume(tmp_path):
+    from pbt.storage.local import LocalObjectStore
+
+    objects = CountingStore(LocalObjectStore(tmp_path / "store"))
+    store = StudyStore(objects, "big")
+    n, batch = 30_000, 100
+    for start in range(0, n, batch):  # each trial recorded twice: created, then completed
+        store.append([trial(i) for i in range(start, start + batch)])
+        store.append([trial(i, TrialStatus.COMPLETED, objective=1.0) for i in range(start, start + batch)])
+    store.close()
+    record = len(trial(0).model_dump_json())
+    # Linear: every record is written once to the journal, plus snapshots whose total size is
+    # bounded by a geometric series (a snapshot of N records only after N/2 new ones).
+    assert objects.bytes_written < 2 * n * record * 6
+    reader = CountingStore(LocalObjectStore(tmp_path / "store"))
+    trials = StudyStore(reader, "big").load_trials()
+    assert len(trials) == n and all(t.status is TrialStatus.COMPLETED for t in trials)
+    segments = len(list(objects.inner.list("big/journal/")))
+    assert reader.gets == 1 + segments  # the snapshot and the segments written since
+    assert segments <= n // batch  # far fewer than one object per record

@@ -181,7 +181,8 @@ class Controller:
             self.store.write_doc(
                 "state",
                 {"finished": snapshot.finished, "paused": snapshot.paused, "at": time.time(),
-                 "best": self.best.id if self.best else None},
+                 "best": self.best.id if self.best else None, "gc_bytes_freed": self.gc_bytes_freed,
+                 "checkpoints_kept": sum(1 for t in self.trials if t.checkpoint and not t.checkpoint_deleted)},
             )
             self.store.compact()
             return self.snapshot()
