@@ -122,6 +122,8 @@ class Controller:
             for trial in self.trials:
                 self._count(trial, +1)
         self.store.write_spec(spec_doc)
+        previous = self.store.read_doc("state") or {}
+        self.gc_bytes_freed = int(previous.get("gc_bytes_freed", 0))  # a resumed study keeps counting
         for trial in self.trials:
             if trial.usable and (self.best is None or self._better(trial, self.best)):
                 self.best = trial
