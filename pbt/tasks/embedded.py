@@ -19,7 +19,7 @@ from typing import Any
 
 from pbt.tasks.executor import Event, Executor
 from pbt.tasks.trial import Interrupt, Preempted, run_trial
-from pbt.trial import Progress, Timings, TrialResult, TrialStatus, TrialTask
+from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
 
 
 class _PipeReporter:
@@ -61,16 +61,15 @@ def _worker_main(conn: Connection, name: str) -> None:
         try:
             result = run_trial(task, reporter, worker=name)
         except Preempted:  # not requested by this executor; treat as a retryable failure
-            result = TrialResult(
-                study=task.study,
-                trial_id=task.trial_id,
-                attempt=task.attempt,
-                status=TrialStatus.FAILED,
-                error="preempted",
-                retryable=True,
-                worker=name,
-            )
+            result = _ended(task, TrialStatus.FAILED, "preempted", name, retryable=True).message
         conn.send(("result", result.model_dump_json()))
+
+
+def _ended(task: TrialTask, status: TrialStatus, error: str, worker: str | None = None,
+           retryable: bool = False) -> Event:
+    """A result for an attempt that never reported one itself (its process died, or never ran it)."""
+    return Event(TrialResult(study=task.study, trial_id=task.trial_id, attempt=task.attempt, status=status,
+                             error=error, retryable=retryable, worker=worker, finished_at=time.time()))
 
 
 class _Worker:
@@ -151,23 +150,8 @@ class EmbeddedExecutor(Executor):
             pass  # the worker died mid-message; handled by the liveness check
 
     def _replace(self, worker: _Worker, out: list[Event], reason: str) -> None:
-        task = worker.task
-        if task is not None:
-            out.append(
-                Event(
-                    TrialResult(
-                        study=task.study,
-                        trial_id=task.trial_id,
-                        attempt=task.attempt,
-                        status=TrialStatus.FAILED,
-                        error=reason,
-                        retryable=True,
-                        worker=worker.name,
-                        timings=Timings(),
-                        finished_at=time.time(),
-                    )
-                )
-            )
+        if worker.task is not None:
+            out.append(_ended(worker.task, TrialStatus.FAILED, reason, worker.name, retryable=True))
         worker.conn.close()
         self.pool[self.pool.index(worker)] = _Worker(self.ctx, self.next_index)
         self.next_index += 1
@@ -180,16 +164,7 @@ class EmbeddedExecutor(Executor):
         if any(t.trial_id == task.trial_id for t in self.backlog):
             self.backlog = collections.deque(t for t in self.backlog if t.trial_id != task.trial_id)
             self.pending_events.append(
-                Event(
-                    TrialResult(
-                        study=task.study,
-                        trial_id=task.trial_id,
-                        attempt=task.attempt,
-                        status=TrialStatus.STOPPED,
-                        error="stopped early by the policy before it started",
-                        finished_at=time.time(),
-                    )
-                )
+                _ended(task, TrialStatus.STOPPED, "stopped early by the policy before it started")
             )
 
     def workers(self) -> dict[str, Any]:
