@@ -103,6 +103,7 @@ def test_a_corrupt_parent_falls_back_along_the_lineage(tmp_path):
                            fallback_checkpoints=[grandparent.checkpoint]))
     assert child.status is TrialStatus.COMPLETED
     assert child.warm_start == grandparent.checkpoint
+    assert child.metrics[-1].lineage_step == 5 + 5  # the grandparent's 5 steps, then its own 5
 
 
 def test_no_usable_checkpoint_fails_the_trial_instead_of_training_from_scratch(tmp_path):

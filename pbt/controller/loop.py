@@ -262,7 +262,16 @@ class Controller:
         if r.warm_start:  # recorded always: the record shows the load happened, not only a fallback
             changes["warm_start"] = r.warm_start
             if r.warm_start != trial.parent_checkpoint:
+                # The parent's checkpoint failed verification and the worker fell back to an
+                # older ancestor's: the lineage (and the steps along it) now runs through that one.
                 log.warning("trial %s warm-started from fallback checkpoint %s", trial.id, r.warm_start)
+                ancestor = self._trial(trial.parent)
+                while ancestor is not None and ancestor.checkpoint != r.warm_start:
+                    ancestor = self._trial(ancestor.parent)
+                if ancestor is not None:
+                    changes.update(parent=ancestor.id, parent_checkpoint=ancestor.checkpoint,
+                                   start_lineage_steps=ancestor.lineage_steps,
+                                   metadata={**trial.metadata, "intended_parent": trial.parent})
         trial = self._update(trial, **changes)
         self.tasks.pop(trial.id, None)
         self.last_seen.pop(trial.id, None)

@@ -129,6 +129,7 @@ class _Attempt:
         self.timings = timings
         self.store = _checkpoints(task.storage)
         self.steps_done = 0
+        self.start_lineage = task.start_lineage_steps  # steps along the lineage before this trial
         self.metrics: list[MetricReport] = []
         self.resumed_from: int | None = None
         self.warm_start: str | None = None
@@ -217,6 +218,9 @@ class _Attempt:
                 self.steps_done = self.resumed_from = checkpoint_step(name)
                 self.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
                 self.warm_start = manifest.meta.get("warm_start")
+                self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage + self.steps_done)) - (
+                    self.steps_done
+                )
                 if manifest.meta.get("final") and self.steps_done >= task.steps:
                     self.checkpoint = name
                     return self.result(TrialStatus.COMPLETED)
@@ -226,12 +230,14 @@ class _Attempt:
                 for name in [task.parent_checkpoint, *task.fallback_checkpoints]:
                     target = directory / "parent" / str(len(errors))
                     try:
-                        self.store.load(name, target)
+                        manifest = self.store.load(name, target)
                     except (CorruptCheckpointError, NotFoundError) as exc:
                         errors.append(f"{name}: {exc}")
                         continue
                     self.trainer.load(target)
                     self.warm_start = name
+                    # A fallback to an older ancestor starts this trial earlier along the lineage.
+                    self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage))
                     return None
                 raise FatalError("no usable checkpoint along the lineage:\n  " + "\n  ".join(errors))
             return None
@@ -245,7 +251,7 @@ class _Attempt:
         values = {str(k): float(v) for k, v in dict(raw).items()}
         self.metrics.append(
             MetricReport(
-                step=self.steps_done, lineage_step=self.task.start_lineage_steps + self.steps_done, values=values
+                step=self.steps_done, lineage_step=self.start_lineage + self.steps_done, values=values
             )
         )
         return values
@@ -260,7 +266,7 @@ class _Attempt:
             "attempt": self.task.attempt,
             "step": self.steps_done,
             "final": final,
-            "lineage_step": self.task.start_lineage_steps + self.steps_done,
+            "lineage_step": self.start_lineage + self.steps_done,
             "warm_start": self.warm_start,
             "metrics": [m.model_dump() for m in self.metrics],
         }
