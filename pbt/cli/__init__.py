@@ -21,7 +21,9 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
     from pbt.cli import (  # noqa: F401
+        control_commands,
         data_commands,
+        report_commands,
         study_commands,
         worker_commands,
     )

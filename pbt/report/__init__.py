@@ -1,0 +1,71 @@
+"""``pbt report``: what PBT did in a study, as one HTML page plus its PNGs and data.
+
+Three steps, one module each: :mod:`pbt.report.data` turns records into the numbers every
+figure shows, :mod:`pbt.report.plots` draws them, :mod:`pbt.report.page` lays out the page.
+Reading goes through the same :class:`~pbt.storage.study_store.StudyStore` as ``pbt status``,
+read-only, so a report of a running study is safe and simply partial.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pbt.report.data import ReportData, prepare
+from pbt.spec import StudySpec, parse_spec
+from pbt.storage import open_object_store
+from pbt.storage.study_store import StudyStore
+from pbt.trial import Trial
+
+FIGURES = ("objective.png", "schedules.png", "lineage.png", "times.png")
+
+
+@dataclass(frozen=True)
+class Report:
+    data: ReportData
+    directory: Path
+
+    @property
+    def html(self) -> Path:
+        return self.directory / "index.html"
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.html, self.directory / "report.json", *(self.directory / f for f in FIGURES)]
+
+
+def load_study(study: str, storage: str) -> tuple[StudySpec, list[Trial], dict | None]:
+    """The stored spec, every trial record and the controller's last state document."""
+    store = StudyStore(open_object_store(storage), study)
+    spec = parse_spec(store.read_spec(), check_trainer=False)
+    return spec, store.load_trials(), store.read_doc("state")
+
+
+def write_report(
+    spec: StudySpec, trials: list[Trial], out: Path, state: dict | None = None, storage: str | None = None
+) -> Report:
+    """Prepare, draw and write the report into ``out`` (created; existing files replaced)."""
+    from pbt.report import page, plots
+
+    data = prepare(spec, trials, state, storage)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "objective.png": plots.objective_figure,
+        "schedules.png": plots.schedule_figure,
+        "lineage.png": plots.tree_figure,
+        "times.png": plots.times_figure,
+    }
+    figures = {name: plots.png(build(data)) for name, build in builders.items()}
+    for name, body in figures.items():
+        (out / name).write_bytes(body)
+    (out / "report.json").write_text(json.dumps(data.to_json(), indent=1))
+    report = Report(data, out)
+    report.html.write_text(page.render(data, figures), encoding="utf-8")
+    return report
+
+
+def report_study(study: str, storage: str, out: Path) -> Report:
+    spec, trials, state = load_study(study, storage)
+    return write_report(spec, trials, out, state, storage)

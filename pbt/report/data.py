@@ -1,0 +1,340 @@
+"""What a report shows, computed from trial records alone: no plotting, no I/O.
+
+Kept apart from the figures so that the numbers behind every plot can be tested (and written
+to ``report.json`` for scripts) without looking at pixels, and so that a running study — with
+pending trials, partial metrics and no final objective — goes through the same code as a
+finished one.
+
+Vocabulary: a trial's *root* is the generation-0 trial its lineage starts from; colouring by
+root shows which initial member's weights survived. An *exploit* is a trial that began by
+copying another member's checkpoint (``metadata.exploit``); a trial whose parent is its own
+member's previous trial merely continued.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pbt.results import best_trial, lineage, schedule
+from pbt.space import Value
+from pbt.spec import StudySpec
+from pbt.trial import Timings, Trial
+
+PHASES: tuple[str, ...] = tuple(Timings.model_fields)
+TOP_TRIALS = 20
+
+
+@dataclass(frozen=True)
+class Series:
+    """One trial's objective against lineage steps (what the objective plot draws).
+
+    ``anchor`` is the parent's last point, so a child's line starts where its weights came
+    from; an exploit therefore shows as a line from the copied member's curve.
+    """
+
+    trial: str
+    member: int | None
+    root: str
+    status: str
+    exploit: bool
+    steps: list[int]
+    values: list[float]
+    anchor: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class Exploit:
+    """``trial`` (member ``member``) copied ``parent`` (member ``from_member``) at lineage step ``step``."""
+
+    trial: str
+    parent: str
+    member: int | None
+    from_member: int | None
+    step: int
+    value: float | None  # the parent's objective when it was copied
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A hyperparameter value in force from ``start`` to ``end`` lineage steps during ``trial``."""
+
+    trial: str
+    start: int
+    end: int
+    value: Value
+    root: str
+    exploit: bool = False  # the trial began by copying another member's weights
+
+
+@dataclass
+class ParamSchedule:
+    name: str
+    kind: str  # float | int | discrete | categorical
+    log: bool
+    categories: list[str] | None
+    best: list[Segment]  # along the best lineage, in order
+    population: list[Segment]  # every trial that trained at least one step
+
+
+@dataclass(frozen=True)
+class Node:
+    """A trial in the lineage tree: a bar on ``row`` (its member) from ``start`` to ``end``."""
+
+    trial: str
+    row: int
+    start: int
+    end: int
+    status: str
+    root: str
+    exploit: bool
+    on_best: bool
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``parent`` → ``child``: the child warm-started from the parent's final checkpoint."""
+
+    parent: str
+    child: str
+    exploit: bool
+
+
+@dataclass(frozen=True)
+class TrialTimes:
+    trial: str
+    number: int
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TopRow:
+    rank: int
+    trial: str
+    objective: float
+    member: int | None
+    generation: int
+    lineage_steps: int
+    parent: str | None
+    params: dict[str, Value]
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """Consecutive segments of the best lineage with identical hyperparameters, merged for reading."""
+
+    start: int
+    end: int
+    first_trial: str
+    last_trial: str
+    trials: int
+    exploit: bool  # the run began with an exploit
+    params: dict[str, Value]
+
+
+@dataclass
+class ReportData:
+    study: str
+    algorithm: str
+    metric: str
+    mode: str
+    state: str  # finished | paused | in progress
+    generated_at: float
+    parameters: list[str]
+    counts: dict[str, int]
+    steps_done: int
+    budget_steps: int | None
+    budget_trials: int | None
+    best: str | None
+    best_objective: float | None
+    best_lineage: list[str]
+    roots: dict[str, str]  # trial id -> root trial id
+    series: list[Series]
+    exploits: list[Exploit]
+    schedules: list[ParamSchedule]
+    best_runs: list[ScheduleRun]
+    nodes: list[Node]
+    edges: list[Edge]
+    row_label: str  # what a tree row is: "member" or "trial"
+    times: list[TrialTimes]
+    time_totals: dict[str, float]
+    top: list[TopRow]
+    storage: str | None = None  # where the records were read (for the commands the page suggests)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trials(self) -> int:
+        return sum(self.counts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able data; non-finite objectives were dropped when the series were built."""
+        return asdict(self)
+
+
+def prepare(
+    spec: StudySpec, trials: Sequence[Trial], state: dict[str, Any] | None = None, storage: str | None = None
+) -> ReportData:
+    """Everything the report draws, from ``spec`` and the records (any subset of a running study)."""
+    trials = sorted(trials, key=lambda t: t.number)
+    by_id = {t.id: t for t in trials}
+    metric = spec.objective.metric
+    roots = _roots(trials, by_id)
+    best = best_trial(trials, spec.objective)
+    best_chain = lineage(trials, best) if best else []
+    on_best = {t.id for t in best_chain}
+
+    series = []
+    exploits = []
+    last_point: dict[str, tuple[int, float]] = {}
+    for t in trials:
+        steps, values = _points(t, metric)
+        if steps:
+            last_point[t.id] = (steps[-1], values[-1])
+        parent = by_id.get(t.parent) if t.parent else None
+        anchor = last_point.get(parent.id) if parent else None
+        exploit = bool(t.metadata.get("exploit"))
+        series.append(Series(t.id, t.member, roots[t.id], t.status.value, exploit, steps, values, anchor))
+        if exploit and parent is not None:
+            exploits.append(
+                Exploit(t.id, parent.id, t.member, parent.member, t.start_lineage_steps, anchor[1] if anchor else None)
+            )
+
+    member_rows = all(t.member is not None for t in trials)
+    nodes = [
+        Node(
+            t.id,
+            t.member if member_rows else t.number,  # type: ignore[arg-type]
+            t.start_lineage_steps,
+            t.lineage_steps,
+            t.status.value,
+            roots[t.id],
+            bool(t.metadata.get("exploit")),
+            t.id in on_best,
+        )
+        for t in trials
+    ]
+    edges = [Edge(t.parent, t.id, bool(t.metadata.get("exploit"))) for t in trials if t.parent is not None]
+
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    times = [TrialTimes(t.id, t.number, t.timings.model_dump()) for t in trials]
+    totals = {p: sum(x.seconds[p] for x in times) for p in PHASES}
+
+    notes = []
+    if any(not t.status.terminal for t in trials):
+        running = sum(1 for t in trials if not t.status.terminal)
+        notes.append(f"{running} trial(s) still pending or running: their curves and bars are partial.")
+    if not member_rows and trials:
+        notes.append("trials have no population member (not a PBT study): tree rows are trial numbers.")
+
+    return ReportData(
+        study=spec.name,
+        algorithm=spec.algorithm.name,
+        metric=metric,
+        mode=spec.objective.mode,
+        state=_state(trials, state),
+        generated_at=time.time(),
+        parameters=list(spec.parameters),
+        counts=dict(sorted(counts.items())),
+        steps_done=sum(t.steps_done for t in trials),
+        budget_steps=spec.budget.total_steps,
+        budget_trials=spec.budget.max_trials,
+        best=best.id if best else None,
+        best_objective=best.objective if best else None,
+        best_lineage=[t.id for t in best_chain],
+        roots=roots,
+        series=series,
+        exploits=exploits,
+        schedules=_schedules(spec, trials, best_chain, roots),
+        best_runs=_runs(best_chain),
+        nodes=nodes,
+        edges=edges,
+        row_label="member" if member_rows else "trial",
+        times=times,
+        time_totals=totals,
+        top=_top(spec, trials),
+        storage=storage,
+        notes=notes,
+    )
+
+
+def _roots(trials: Sequence[Trial], by_id: dict[str, Trial]) -> dict[str, str]:
+    """Root of every trial in one pass: a parent is always created (numbered) before its child."""
+    roots: dict[str, str] = {}
+    for t in trials:
+        if t.parent is None or t.parent not in by_id:
+            roots[t.id] = t.id
+        else:
+            roots[t.id] = roots.get(t.parent, t.parent)
+    return roots
+
+
+def _points(t: Trial, metric: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for m in t.metrics:
+        v = m.values.get(metric)
+        if v is not None and math.isfinite(v) and (not steps or m.lineage_step > steps[-1]):
+            steps.append(m.lineage_step)
+            values.append(float(v))
+    return steps, values
+
+
+def _state(trials: Sequence[Trial], state: dict[str, Any] | None) -> str:
+    state = state or {}
+    active = any(not t.status.terminal for t in trials)
+    if state.get("finished") and not active:
+        return "finished"
+    if state.get("paused") and not active:
+        return "paused"
+    return "in progress"
+
+
+def _schedules(
+    spec: StudySpec, trials: Sequence[Trial], chain: Sequence[Trial], roots: dict[str, str]
+) -> list[ParamSchedule]:
+    out = []
+    segments = schedule(chain)
+    for name, p in spec.parameters.items():
+        kind = p.type
+        out.append(
+            ParamSchedule(
+                name=name,
+                kind=kind,
+                log=getattr(p, "scale", "linear") == "log",
+                categories=list(p.values) if kind == "categorical" else None,  # type: ignore[union-attr]
+                best=[Segment(s.trial, s.start, s.end, s.params[name], roots[s.trial], s.exploit) for s in segments],
+                population=[
+                    Segment(t.id, t.start_lineage_steps, t.lineage_steps, t.params[name], roots[t.id])
+                    for t in trials
+                    if t.steps_done > 0 and name in t.params
+                ],
+            )
+        )
+    return out
+
+
+def _runs(chain: Sequence[Trial]) -> list[ScheduleRun]:
+    runs: list[ScheduleRun] = []
+    for seg in schedule(chain):
+        last = runs[-1] if runs else None
+        if last is not None and last.params == seg.params and not seg.exploit:
+            runs[-1] = ScheduleRun(last.start, seg.end, last.first_trial, seg.trial, last.trials + 1, last.exploit,
+                                   last.params)
+        else:
+            runs.append(ScheduleRun(seg.start, seg.end, seg.trial, seg.trial, 1, seg.exploit, dict(seg.params)))
+    return runs
+
+
+def _top(spec: StudySpec, trials: Sequence[Trial], n: int = TOP_TRIALS) -> list[TopRow]:
+    usable = [t for t in trials if t.usable]
+    sign = spec.objective.sign()
+    usable.sort(key=lambda t: (-sign * t.objective, t.number))  # type: ignore[operator]
+    return [
+        TopRow(i + 1, t.id, t.objective, t.member, t.generation, t.lineage_steps, t.parent, dict(t.params))  # type: ignore[arg-type]
+        for i, t in enumerate(usable[:n])
+    ]
+
