@@ -69,17 +69,35 @@ def status(
     study: str = typer.Argument(..., help="study name"),
     storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help="the study's storage URI"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object: study spec, trials, best"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh live until the study finishes or pauses"),
+    interval: float = typer.Option(2.0, "--interval", "-n", min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Show a study's trials and its best result (works while it runs)."""
+    """Show a study: progress and ETA, workers busy/idle, best so far, top trials (works while it runs)."""
     with cli_errors():
-        from pbt.spec import parse_spec
-
-        data = _load(study, storage)
         if json_out:
-            print(json.dumps(data))
+            print(json.dumps(_load(study, storage)))
             return
-        spec = parse_spec(data["study"], check_trainer=False)
-        _print_table(spec, data)
+        from pbt.cli import live
+        from pbt.monitor import overview
+        from pbt.results import trial_json
+        from pbt.spec import parse_spec
+        from pbt.storage import open_object_store
+        from pbt.storage.keys import validate_name
+        from pbt.storage.study_store import StudyStore
+
+        store = StudyStore(open_object_store(storage), validate_name(study, "study name"))
+        spec = parse_spec(store.read_spec(), check_trainer=False)
+        latest: dict = {}
+
+        def load():
+            latest["trials"] = store.load_trials()
+            return overview(spec, latest["trials"], store.read_doc("state"), store.read_doc("control"))
+
+        if watch and out.is_terminal:
+            live.watch(load, interval, out)
+        else:
+            out.print(live.render(load()))
+        _print_table(spec, {"trials": [trial_json(t) for t in latest["trials"]]}, header=False)
 
 
 def _load(study: str, storage: str) -> dict:
@@ -179,17 +197,18 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_table(spec, data: dict) -> None:
+def _print_table(spec, data: dict, header: bool = True) -> None:
     trials = data["trials"]
     counts: dict[str, int] = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     state = data.get("state") or {}
-    console.print(
-        f"study [bold]{spec.name}[/bold] ({spec.algorithm.name}): {len(trials)} trials "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        + (" — finished" if state.get("finished") else "")
-    )
+    if header:
+        console.print(
+            f"study [bold]{spec.name}[/bold] ({spec.algorithm.name}): {len(trials)} trials "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            + (" — finished" if state.get("finished") else "")
+        )
     metric = spec.objective.metric
     ranked = sorted(
         (t for t in trials if t["objective"] is not None),

@@ -9,8 +9,8 @@ studies draw through ``LineCollection`` so thousands of trials cost one artist, 
 from __future__ import annotations
 
 import io
-import math
 import itertools
+import math
 from collections.abc import Sequence
 
 import matplotlib as mpl

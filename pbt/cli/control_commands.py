@@ -1,0 +1,136 @@
+"""``pbt stop`` and ``pbt resume``: pause a study's publishing and pick it up again later.
+
+Both act through the study's storage, not through the controller process: ``stop`` writes the
+pause flag in the study's ``control`` document, which the running controller reads every couple
+of seconds — it then publishes nothing new, lets in-flight trials finish and record, and exits
+with its state marked paused. ``resume`` clears the flag and runs a controller again from the
+spec stored with the study, so it needs nothing but the storage URI (and the broker, whose
+password the stored spec never holds). Because a paused controller applies no result and makes
+no suggestion, the resumed study takes exactly the decisions it would have taken without the
+pause.
+"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from pbt.cli import app
+from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_logging
+
+_STORAGE_HELP = "the study's storage: a path, file:///abs/path or s3://bucket/prefix"
+
+
+def _store(study: str, storage: str):
+    from pbt.storage import open_object_store
+    from pbt.storage.study_store import StudyStore
+
+    store = StudyStore(open_object_store(storage), study)
+    store.read_spec()  # NotFoundError names the study and the storage when there is none
+    return store
+
+
+@app.command(rich_help_panel="Pause and resume")
+def stop(
+    study: str = typer.Argument(..., help="study name"),
+    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    wait: bool = typer.Option(
+        False, "--wait", help="wait until the controller has finished in-flight trials and exited"
+    ),
+    timeout: float = typer.Option(3600.0, "--timeout", min=0.0, help="give up waiting after this many seconds"),
+) -> None:
+    """Pause a study: the controller stops publishing, finishes in-flight trials and exits.
+
+    Nothing is lost: continue it with `pbt resume STUDY`. Exit status 1 if --wait timed out.
+    """
+    with cli_errors():
+        store = _store(study, storage)
+        state = store.read_doc("state") or {}
+        in_flight = sum(1 for t in store.load_trials() if not t.status.terminal)
+        if state.get("finished") and not in_flight:
+            console.print(f"study {study} has already finished; nothing to stop")
+            return
+        asked = time.time()
+        store.write_doc("control", {"paused": True, "at": asked, "by": "pbt stop"})
+        console.print(
+            f"study {study}: pause requested; the controller publishes nothing new and exits once the "
+            f"{in_flight} trial(s) in flight have finished. Continue with `pbt resume {study} --storage {storage}`."
+        )
+        if not wait:
+            return
+        deadline = asked + timeout
+        while time.time() < deadline:
+            state = store.read_doc("state") or {}
+            if state.get("paused") and float(state.get("at", 0)) >= asked - 5.0:
+                console.print(f"study {study} is paused; no trial in flight")
+                return
+            time.sleep(0.5)
+        console.print(f"[red]timed out[/red] after {timeout:g}s: is a controller running study {study}?")
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command(rich_help_panel="Pause and resume")
+def resume(
+    study: str = typer.Argument(..., help="study name"),
+    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    broker: str | None = typer.Option(
+        None, "--broker", "-b", envvar="PBT_BROKER_URL",
+        help="redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+) -> None:
+    """Clear a study's pause flag and run its controller again from the stored spec, to the end.
+
+    Exit status as `pbt run`: 0 finished (or paused again), 1 not finished, 2 bad spec or flags,
+    3 another controller holds the study (it sees the cleared flag and carries on by itself).
+    """
+    setup_logging(verbose)
+    with cli_errors():
+        from pbt.cli.study_commands import _print_outcome, _ProgressView
+        from pbt.errors import StudyLockedError
+        from pbt.launch import run_study
+        from pbt.spec import parse_spec
+
+        store = _store(study, storage)
+        data = store.read_spec()
+        if data.get("broker") and not broker:
+            console.print(
+                f"[red]error:[/red] study {study} ran on Celery workers ({data['broker']}); the stored spec "
+                "keeps no password: pass --broker or set PBT_BROKER_URL"
+            )
+            raise typer.Exit(EXIT_USAGE)
+        data.update(storage=storage, broker=broker or None)
+        spec = parse_spec(data, source=f"the stored spec of {study}")
+        store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
+        where = f"Celery workers via {_redact(spec.broker)}" if spec.broker else "embedded workers"
+        console.print(f"study [bold]{spec.name}[/bold] resumed on {where}; records in {storage}")
+        show = not quiet and not json_out and console.is_terminal
+        progress = _ProgressView(spec) if show else None
+        try:
+            snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
+        except StudyLockedError as exc:
+            raise StudyLockedError(
+                f"{exc}. The pause flag is cleared: a controller still running this study carries on; "
+                "if it has exited meanwhile, run `pbt resume` again"
+            ) from None
+        finally:
+            if progress:
+                progress.stop()
+        if snapshot.paused:
+            console.print(f"study {spec.name} paused again; continue with `pbt resume {spec.name} --storage {storage}`")
+            return
+        _print_outcome(spec, json_out)
+        if not snapshot.finished:
+            raise typer.Exit(EXIT_FAILURE)
+
+
+def _redact(url: str | None) -> str:
+    from pbt.spec import redact_url
+
+    return redact_url(url or "")
