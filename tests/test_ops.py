@@ -256,8 +256,14 @@ def test_stop_pauses_after_in_flight_trials_and_resume_finishes_the_same_study(t
     try:
         wait_for(lambda: store.exists() and sum(t.usable for t in store.load_trials()) >= 8, 60,
                  what="some completed trials")
-        view = pbt("status", "toy", "--storage", str(storage))
-        assert view.returncode == 0 and "running" in view.stdout and "busy" in view.stdout, view.stdout
+        def live_view():  # between two trials a worker may be idle for an instant: ask again
+            view = pbt("status", "toy", "--storage", str(storage))
+            assert view.returncode == 0, view.stderr
+            busy = re.search(r"embedded-\d\s+busy\s+t\d{6}\s+\d+/4\s+h0=", view.stdout)
+            return view.stdout if busy and "toy (pbt) — running" in view.stdout else None
+
+        text = wait_for(live_view, 30, what="pbt status showing a busy worker")
+        assert re.search(r"\d+ / 192 steps", text) and "ETA" in text and "best q" in text
         in_flight = {t.id for t in store.load_trials() if not t.status.terminal}
         stop = pbt("stop", "toy", "--storage", str(storage), "--wait", "--timeout", "60")
         assert stop.returncode == 0, stop.stderr
