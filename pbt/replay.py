@@ -161,6 +161,7 @@ def replay(
             trainer.setup(seg.params, seed=seg.seed)
             if state is not None:
                 trainer.load(state)  # a warm start from the previous segment's final state
+                shutil.rmtree(state, ignore_errors=True)  # one state on disk at a time, whatever the lineage's length
             runner.train(seg, scaled(t.steps_done, steps_scale))
             if i < len(chain) - 1:
                 state = workdir / f"segment-{i}"

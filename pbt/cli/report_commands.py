@@ -20,7 +20,7 @@ def report(
     study: str = typer.Argument(..., help="study name"),
     storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
     out_dir: Path | None = typer.Option(
-        None, "--out", "-o", file_okay=False, help="output folder (default: ./STUDY-report); files in it are replaced"
+        None, "--out", "-o", file_okay=False, help="output folder (default: reports/STUDY); files in it are replaced"
     ),
 ) -> None:
     """Write an HTML report (index.html, PNGs, report.json) of a study, finished or still running.
@@ -31,7 +31,7 @@ def report(
         from pbt.report import report_study
         from pbt.storage.keys import validate_name
 
-        target = out_dir or Path(f"{validate_name(study, 'study name')}-report")
+        target = out_dir or Path("reports", validate_name(study, "study name"))
         rep = report_study(study, storage, target)
         d = rep.data
         best = f"best {d.metric} {d.best_objective:.6g} ({d.best})" if d.best else "no completed trial yet"
