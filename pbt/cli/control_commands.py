@@ -87,8 +87,9 @@ def resume(
 ) -> None:
     """Clear a study's pause flag and run its controller again from the stored spec, to the end.
 
-    Exit status as `pbt run`: 0 finished (or paused again), 1 not finished, 2 bad spec or flags,
-    3 another controller holds the study (it sees the cleared flag and carries on by itself).
+    Exit status: 0 finished or paused again, 1 not finished, 2 bad spec or flags, 3 study locked.
+
+    Locked: another controller still holds the study; it sees the cleared flag and carries on.
     """
     setup_logging(verbose)
     with cli_errors():

@@ -63,10 +63,11 @@ def replay(
 ) -> None:
     """Re-run a trial's whole hyperparameter schedule from scratch in this process; compare objectives.
 
-    The paper's training replay: one trainer, initialised like the lineage's root, follows the
-    schedule segment by segment (hyperparameters applied by setup + load of the previous
-    segment's state, as a warm start does). Without --steps-scale/--extra-steps/--set it should
-    reproduce the original objective (exactly, for a deterministic trainer).
+    The paper's training replay: one trainer follows the lineage's schedule, segment by segment.
+
+    New hyperparameters are applied as in a warm start: setup with them, then load the previous state.
+
+    Without --steps-scale, --extra-steps or --set it reproduces the original (exactly, if deterministic).
     """
     setup_logging(verbose)
     if steps_scale is not None and extra_steps is not None:
