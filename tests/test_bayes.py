@@ -145,3 +145,13 @@ def test_missing_optuna_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     with pytest.raises(SpecError, match=r"pip install 'pbt\[wavenet\]'"):
         study(None, {"num_trials": 4})
+
+
+def test_no_checkpoint_is_kept_for_a_future_parent():
+    """Bayesian trials train from scratch: only the controller's best lineage needs keeping."""
+    policy = make_policy(quadratic_spec("bayes", 0, n_startup_trials=3))
+    trials: list[Trial] = []
+    for x in (-2.0, 0.0, 2.0):
+        record(trials, Suggestion(params={"x": x}, steps=10), objective=(x - OPTIMUM) ** 2)
+    assert all(s.parent is None for s in policy.suggest(trials, 3))
+    assert policy.parent_candidates(trials) == set()

@@ -138,6 +138,10 @@ class BayesianOptimization(Policy):
                 out.append(Suggestion(params=params, steps=self.steps_per_trial))
         return out
 
+    def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
+        """None: every trial trains from scratch, so GC may drop all but the best lineage's checkpoints."""
+        return set()
+
     def _same_point(self, a: dict[str, Value], b: dict[str, Value]) -> bool:
         return all(n in b and abs(p.to_unit(a[n]) - p.to_unit(b[n])) < 1e-3 for n, p in self.space.items())
 
