@@ -374,7 +374,8 @@ class Controller:
 
     def _publish(self, trial: Trial) -> Trial:
         """Queue a new attempt; :meth:`_send` submits it after its record is durable."""
-        trial = self._update(trial, attempts=trial.attempts + 1)
+        # A new attempt waits for a worker again: nobody is running it yet.
+        trial = self._update(trial, attempts=trial.attempts + 1, status=TrialStatus.PENDING, worker=None)
         self.reported.discard(trial.id)
         self.tasks[trial.id] = task = self._task(trial, trial.attempts)
         self.last_seen[trial.id] = time.time()
