@@ -18,13 +18,14 @@ themselves, or every free worker would train the same learning rate. Two ways, c
 
 * ``running`` (``auto`` on Optuna >= 5) — they enter the study as RUNNING trials, and
   ``GPSampler`` uses q-batch log EI, which integrates over their unknown outcomes under the GP.
-  Earlier Optuna versions ignore running trials, so ``auto`` does not pick it there.
+  What earlier versions do with running trials varies (ignored at first, a liar of their own
+  later), so ``auto`` does not rely on it there.
 * ``constant_liar`` (``auto`` before Optuna 5) — they enter as completed with a made-up value,
   the worst objective seen so far (the pessimistic liar, as Optuna's TPE uses): the GP's mean
-  there is pulled down and its variance shrinks, so expected improvement moves elsewhere. Lies
-  are added only once the real completed trials reach ``n_startup_trials``, so they never end
-  the random phase early. Faster (no Monte Carlo), but it over-explores: measured on a 1-D
-  quadratic with k=4 it sent a quarter of the points to the bounds, where q-batch EI did not.
+  there is pulled towards the worst and its variance shrinks, so expected improvement moves
+  elsewhere. Lies are added only once the real completed trials reach ``n_startup_trials``, so
+  they never end the random phase early. Faster (no Monte Carlo), but it over-explores: on a
+  1-D quadratic with k=4 it sent two of its seven GP-guided points to a bound, q-batch EI none.
 
 Either way a point that lands on an unfinished one is replaced by a draw from the prior: when
 the acquisition is flat away from the incumbent, greedy q-batch EI can settle on a pending point
