@@ -83,3 +83,33 @@ class Policy(ABC):
     def best(self, trials: Sequence[Trial]) -> Trial | None:
         usable = [t for t in trials if t.usable]
         return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
+
+
+class FromScratch(Policy):
+    """Base of the baselines whose trials each train from scratch (random, grid, bayes).
+
+    No trial is ever a parent, so garbage collection may drop every checkpoint but the best
+    lineage's; and each trial gets an equal share of the step budget, as in the paper.
+    """
+
+    def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
+        return set()
+
+    def resolve_num_trials(self, num_trials: int | None) -> int:
+        n = num_trials or self.budget.max_trials
+        if n is None:
+            raise ValueError(f"{self.spec.algorithm.name} needs algorithm.options.num_trials or budget.max_trials")
+        return n
+
+    def share_steps(self, num_trials: int, steps_per_trial: int | None) -> int:
+        """``steps_per_trial`` if given, else ``total_steps / num_trials``."""
+        steps = steps_per_trial
+        if steps is None:
+            if self.budget.total_steps is None:
+                raise ValueError(
+                    f"{self.spec.algorithm.name} needs algorithm.options.steps_per_trial or budget.total_steps"
+                )
+            steps = self.budget.total_steps // num_trials
+        if steps < 1:
+            raise ValueError(f"budget.total_steps is smaller than the number of trials ({num_trials})")
+        return steps

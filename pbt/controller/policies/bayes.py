@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pbt.controller.policy import Options, Policy
+from pbt.controller.policy import FromScratch, Options
 from pbt.errors import SpecError
 from pbt.space import CategoricalParam, DiscreteParam, FloatParam, IntParam, Value, _Param, sample_params
 from pbt.trial import Suggestion, Trial, TrialStatus
@@ -77,24 +77,15 @@ def _import_optuna() -> Any:
     return optuna
 
 
-class BayesianOptimization(Policy):
+class BayesianOptimization(FromScratch):
     Options = BayesOptions
     options: BayesOptions
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
         self.optuna = _import_optuna()
-        self.num_trials = self.options.num_trials or self.budget.max_trials
-        if self.num_trials is None:
-            raise ValueError("bayes needs algorithm.options.num_trials or budget.max_trials")
-        steps = self.options.steps_per_trial
-        if steps is None:
-            if self.budget.total_steps is None:
-                raise ValueError("bayes needs algorithm.options.steps_per_trial or budget.total_steps")
-            steps = self.budget.total_steps // self.num_trials
-        if steps < 1:
-            raise ValueError("budget.total_steps is smaller than the number of trials")
-        self.steps_per_trial = steps
+        self.num_trials = self.resolve_num_trials(self.options.num_trials)
+        self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)
         self.n_startup = self.options.n_startup_trials or min(10, max(2, self.num_trials // 4))
         parallel = self.options.parallel
         if parallel == "auto":
@@ -138,10 +129,6 @@ class BayesianOptimization(Policy):
                 unfinished.append(params)
                 out.append(Suggestion(params=params, steps=self.steps_per_trial))
         return out
-
-    def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
-        """None: every trial trains from scratch, so GC may drop all but the best lineage's checkpoints."""
-        return set()
 
     def _same_point(self, a: dict[str, Value], b: dict[str, Value]) -> bool:
         return all(n in b and abs(p.to_unit(a[n]) - p.to_unit(b[n])) < 1e-3 for n, p in self.space.items())

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from pbt.controller.policy import Options, Policy
+from pbt.controller.policy import FromScratch, Options
 from pbt.space import CategoricalParam, DiscreteParam, IntParam, Value
 from pbt.trial import Suggestion, Trial
 
@@ -25,7 +25,7 @@ class GridOptions(Options):
     steps_per_trial: int | None = Field(default=None, gt=0, description="default: total_steps / trials")
 
 
-class GridSearch(Policy):
+class GridSearch(FromScratch):
     Options = GridOptions
     options: GridOptions
 
@@ -36,14 +36,7 @@ class GridSearch(Policy):
         self.points = [p for p in points for _ in range(self.options.repeats)]
         if self.budget.max_trials is not None:
             self.points = self.points[: self.budget.max_trials]
-        steps = self.options.steps_per_trial
-        if steps is None:
-            if self.budget.total_steps is None:
-                raise ValueError("grid search needs algorithm.options.steps_per_trial or budget.total_steps")
-            steps = self.budget.total_steps // len(self.points)
-        if steps < 1:
-            raise ValueError(f"budget.total_steps is smaller than the {len(self.points)} grid points")
-        self.steps_per_trial = steps
+        self.steps_per_trial = self.share_steps(len(self.points), self.options.steps_per_trial)
 
     def _axis(self, name: str) -> list[Value]:
         param = self.space[name]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from pbt.controller.policy import Options, Policy
+from pbt.controller.policy import FromScratch, Options
 from pbt.space import sample_params
 from pbt.trial import Suggestion, Trial, TrialStatus
 
@@ -28,23 +28,14 @@ class RandomOptions(Options):
     min_completed_for_stopping: int = Field(default=3, ge=1)
 
 
-class RandomSearch(Policy):
+class RandomSearch(FromScratch):
     Options = RandomOptions
     options: RandomOptions
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        self.num_trials = self.options.num_trials or self.budget.max_trials
-        if self.num_trials is None:
-            raise ValueError("random search needs algorithm.options.num_trials or budget.max_trials")
-        steps = self.options.steps_per_trial
-        if steps is None:
-            if self.budget.total_steps is None:
-                raise ValueError("random search needs algorithm.options.steps_per_trial or budget.total_steps")
-            steps = self.budget.total_steps // self.num_trials
-        if steps < 1:
-            raise ValueError("budget.total_steps is smaller than the number of trials")
-        self.steps_per_trial = steps
+        self.num_trials = self.resolve_num_trials(self.options.num_trials)
+        self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         rng = self.rng(trials)
