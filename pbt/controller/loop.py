@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pbt.controller.gc import CheckpointCollector
 from pbt.controller.lease import Lease
@@ -56,7 +56,6 @@ class Snapshot:
     finished: bool
     elapsed: float
     gc_bytes_freed: int = 0
-    workers: dict[str, object] = field(default_factory=dict)
     paused: bool = False  # `pbt stop` asked to pause and nothing is in flight any more
 
 
@@ -208,7 +207,6 @@ class Controller:
             finished=finished,
             elapsed=time.time() - self.started,
             gc_bytes_freed=self.gc_bytes_freed,
-            workers=self.executor.workers(),
         )
 
     # Events -------------------------------------------------------------------------------

@@ -172,8 +172,6 @@ class CeleryExecutor(Executor):
             return {t.trial_id for t in tasks}
         return found
 
-    def workers(self) -> dict[str, Any]:
-        return {}
 
     def close(self) -> None:
         self._reset()

@@ -167,8 +167,6 @@ class EmbeddedExecutor(Executor):
                 _ended(task, TrialStatus.STOPPED, "stopped early by the policy before it started")
             )
 
-    def workers(self) -> dict[str, Any]:
-        return {w.name: (w.task.trial_id if w.task else None) for w in self.pool}
 
     def close(self) -> None:
         for worker in self.pool:

@@ -49,9 +49,6 @@ class Executor(ABC):
         """Trial ids whose task the broker still holds (queued or unacked); used for leases."""
         return {t.trial_id for t in tasks}
 
-    def workers(self) -> dict[str, Any]:
-        """Known workers and what they do, for status displays."""
-        return {}
 
     @abstractmethod
     def close(self) -> None: ...
