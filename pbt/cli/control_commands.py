@@ -22,15 +22,6 @@ from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_
 _STORAGE_HELP = "the study's storage: a path, file:///abs/path or s3://bucket/prefix"
 
 
-def _store(study: str, storage: str):
-    from pbt.storage import open_object_store
-    from pbt.storage.study_store import StudyStore
-
-    store = StudyStore(open_object_store(storage), study)
-    store.read_spec()  # NotFoundError names the study and the storage when there is none
-    return store
-
-
 @app.command(rich_help_panel="Pause and resume")
 def stop(
     study: str = typer.Argument(..., help="study name"),
@@ -45,7 +36,9 @@ def stop(
     Nothing is lost: continue it with `pbt resume STUDY`. Exit status 1 if --wait timed out.
     """
     with cli_errors():
-        store = _store(study, storage)
+        from pbt.storage.study_store import open_study
+
+        store = open_study(storage, study)
         state = store.read_doc("state") or {}
         in_flight = sum(1 for t in store.load_trials() if not t.status.terminal)
         if state.get("finished") and not in_flight:
@@ -93,12 +86,12 @@ def resume(
     """
     setup_logging(verbose)
     with cli_errors():
-        from pbt.cli.study_commands import _print_outcome, _ProgressView
+        from pbt.cli.study_commands import drive
         from pbt.errors import StudyLockedError
-        from pbt.launch import run_study
         from pbt.spec import parse_spec
+        from pbt.storage.study_store import open_study
 
-        store = _store(study, storage)
+        store = open_study(storage, study)
         data = store.read_spec()
         if data.get("broker") and not broker:
             console.print(
@@ -109,29 +102,10 @@ def resume(
         data.update(storage=storage, broker=broker or None)
         spec = parse_spec(data, source=f"the stored spec of {study}")
         store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
-        where = f"Celery workers via {_redact(spec.broker)}" if spec.broker else "embedded workers"
-        console.print(f"study [bold]{spec.name}[/bold] resumed on {where}; records in {storage}")
-        show = not quiet and not json_out and console.is_terminal
-        progress = _ProgressView(spec) if show else None
         try:
-            snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
+            drive(spec, workers=workers, quiet=quiet, json_out=json_out, how="resumed on")
         except StudyLockedError as exc:
             raise StudyLockedError(
                 f"{exc}. The pause flag is cleared: a controller still running this study carries on; "
                 "if it has exited meanwhile, run `pbt resume` again"
             ) from None
-        finally:
-            if progress:
-                progress.stop()
-        if snapshot.paused:
-            console.print(f"study {spec.name} paused again; continue with `pbt resume {spec.name} --storage {storage}`")
-            return
-        _print_outcome(spec, json_out)
-        if not snapshot.finished:
-            raise typer.Exit(EXIT_FAILURE)
-
-
-def _redact(url: str | None) -> str:
-    from pbt.spec import redact_url
-
-    return redact_url(url or "")

@@ -112,11 +112,9 @@ def replay(
         _print_replay(spec, result)
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 def _print_replay(spec, result) -> None:
+    from pbt.report.page import fmt as _fmt
+
     metric = spec.objective.metric
     table = Table(title=f"replay of {result.trial}: schedule as applied", title_justify="left")
     for col in ("replay steps", "trial", *spec.parameters, f"original {metric}", f"replay {metric}"):

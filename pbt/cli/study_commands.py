@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from pbt.cli import app
-from pbt.cli.common import cli_errors, console, out, setup_logging
+from pbt.cli.common import EXIT_FAILURE, cli_errors, console, out, setup_logging
 
 
 @app.command()
@@ -42,26 +42,32 @@ def run(
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
     with cli_errors():
-        from pbt.launch import run_study
         from pbt.spec import load_spec
 
         spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
-        show = not quiet and not json_out and console.is_terminal
-        where = "Celery workers via " + _redacted(spec.broker) if spec.broker else "embedded workers"
-        console.print(f"study [bold]{spec.name}[/bold]: {spec.algorithm.name} on {where}; records in {spec.storage}")
-        progress = _ProgressView(spec) if show else None
-        try:
-            snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
-        finally:
-            if progress:
-                progress.stop()
-        if snapshot.paused:
-            resume = f"pbt resume {spec.name} --storage {spec.storage}"
-            console.print(f"study {spec.name} paused; continue it with `{resume}`")
-            return
-        _print_outcome(spec, json_out)
-        if not snapshot.finished:
-            raise typer.Exit(1)
+        drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on")
+
+
+def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -> None:
+    """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike."""
+    from pbt.launch import run_study
+    from pbt.spec import redact_url
+
+    where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
+    console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
+    progress = _ProgressView(spec) if not quiet and not json_out and console.is_terminal else None
+    try:
+        snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
+    finally:
+        if progress:
+            progress.stop()
+    if snapshot.paused:
+        resume = f"pbt resume {spec.name} --storage {spec.storage}"
+        console.print(f"study {spec.name} paused; continue it with `{resume}`")
+        return
+    _print_outcome(spec, json_out)
+    if not snapshot.finished:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command()
@@ -81,11 +87,9 @@ def status(
         from pbt.monitor import overview
         from pbt.results import trial_json
         from pbt.spec import parse_spec
-        from pbt.storage import open_object_store
-        from pbt.storage.keys import validate_name
-        from pbt.storage.study_store import StudyStore
+        from pbt.storage.study_store import open_study
 
-        store = StudyStore(open_object_store(storage), validate_name(study, "study name"))
+        store = open_study(storage, study)
         spec = parse_spec(store.read_spec(), check_trainer=False)
         latest: dict = {}
 
@@ -103,11 +107,9 @@ def status(
 def _load(study: str, storage: str) -> dict:
     from pbt.results import best_trial, trial_json
     from pbt.spec import parse_spec
-    from pbt.storage import open_object_store
-    from pbt.storage.keys import validate_name
-    from pbt.storage.study_store import StudyStore
+    from pbt.storage.study_store import open_study
 
-    store = StudyStore(open_object_store(storage), validate_name(study, "study name"))
+    store = open_study(storage, study)
     spec_doc = store.read_spec()
     trials = store.load_trials()
     spec = parse_spec(spec_doc, check_trainer=False)
@@ -118,12 +120,6 @@ def _load(study: str, storage: str) -> dict:
         "best": trial_json(best) if best else None,
         "state": store.read_doc("state"),
     }
-
-
-def _redacted(url: str) -> str:
-    from pbt.spec import redact_url
-
-    return redact_url(url)
 
 
 class _ProgressView:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pbt.report.data import ReportData, prepare
 from pbt.spec import StudySpec, parse_spec
-from pbt.storage import open_object_store
-from pbt.storage.study_store import StudyStore
+from pbt.storage.study_store import open_study
 from pbt.trial import Trial
 
 FIGURES = ("objective.png", "schedules.png", "lineage.png", "times.png")
@@ -37,7 +36,7 @@ class Report:
 
 def load_study(study: str, storage: str) -> tuple[StudySpec, list[Trial], dict | None]:
     """The stored spec, every trial record and the controller's last state document."""
-    store = StudyStore(open_object_store(storage), study)
+    store = open_study(storage, study)
     spec = parse_spec(store.read_spec(), check_trainer=False)
     return spec, store.load_trials(), store.read_doc("state")
 

@@ -148,6 +148,18 @@ def _segment_name(seq: int) -> str:
     return f"{seq:012d}.json"
 
 
+def open_study(storage: str, study: str) -> StudyStore:
+    """The store of an existing study: what ``pbt status``, ``report``, ``stop`` and ``resume`` read.
+
+    Raises NotFoundError naming the study and the storage when there is no such study.
+    """
+    from pbt.storage import open_object_store
+
+    store = StudyStore(open_object_store(storage), study)
+    store.read_spec()
+    return store
+
+
 def list_studies(objects: ObjectStore) -> list[str]:
     """Names of the studies stored under this root."""
     return sorted(
