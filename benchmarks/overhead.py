@@ -63,7 +63,7 @@ def study(name: str, policy: str, steps: int, trials: int, config: dict[str, Any
         "parameters": search_space(size),
         "algorithm": algorithms[policy],
         "budget": {"total_steps": steps * trials},
-        "trainer": {"path": "pbt.trainers.wavenet:WaveNetTrainer", "config": config},
+        "trainer": {"path": "pbt.wavenet.trainer:WaveNetTrainer", "config": config},
         "execution": execution,
         "storage": storage,
         "broker": broker,

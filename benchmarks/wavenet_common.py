@@ -46,7 +46,7 @@ def ensure_corpus(path: Path | str) -> Path:
     """The corpus the example studies expect; built (seconds) when missing, like ``pbt data speech``."""
     path = Path(path)
     if not (path / "manifest.json").is_file():
-        from pbt.data.speech import build_speech_corpus
+        from pbt.wavenet.speech import build_speech_corpus
 
         print(f"building the speech corpus in {path} ...", file=sys.stderr)
         build_speech_corpus(path, seed=0)
@@ -97,8 +97,8 @@ def _bare_main(conn: Any, config: dict[str, Any], steps: int, warmup: int, lr: f
 def _bare(config: dict[str, Any], steps: int, warmup: int, lr: float, seed: int) -> dict[str, Any]:
     import torch
 
-    from pbt.models.wavenet import WaveNet, WaveNetConfig, mu_law_encode
-    from pbt.trainers.wavenet import WaveNetTrainer, corpus_streams
+    from pbt.wavenet.model import WaveNet, WaveNetConfig, mu_law_encode
+    from pbt.wavenet.trainer import WaveNetTrainer, corpus_streams
 
     trainer = WaveNetTrainer(config)  # only to resolve defaults, the device and threads as a worker would
     cfg, device = trainer.cfg, trainer.device

@@ -76,7 +76,7 @@ def study(method: str, seed: int, args: argparse.Namespace, config: dict[str, An
         "parameters": search_space(args.size),
         "algorithm": algorithm(method, args.trials, args.interval),
         "budget": {"total_steps": args.budget},
-        "trainer": {"path": "pbt.trainers.wavenet:WaveNetTrainer", "config": config},
+        "trainer": {"path": "pbt.wavenet.trainer:WaveNetTrainer", "config": config},
         "execution": execution,
         "storage": storage,
         "broker": args.broker,
@@ -169,7 +169,7 @@ def continue_training(run: dict[str, Any], config: dict[str, Any], steps: int, e
     """Figure 5: the best checkpoint trained on, alone, at the learning rate it ended with."""
     from pbt.storage import open_object_store
     from pbt.storage.checkpoints import CheckpointStore
-    from pbt.trainers.wavenet import WaveNetTrainer
+    from pbt.wavenet.trainer import WaveNetTrainer
 
     with tempfile.TemporaryDirectory(prefix="pbt-continue-") as tmp:
         CheckpointStore(open_object_store(run["storage"])).load(run["best_checkpoint"], Path(tmp) / "ckpt")

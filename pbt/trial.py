@@ -10,6 +10,7 @@ import math
 from enum import Enum
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pbt.space import Value
@@ -160,3 +161,8 @@ class Progress(_Model):
     metrics: MetricReport | None = None
     worker: str | None = None
     at: float = 0.0
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A per-trial seed that does not collide across trials of one study."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])

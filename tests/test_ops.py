@@ -21,8 +21,8 @@ import yaml
 from helpers import toy_data, toy_spec
 from rich.console import Console
 
+from pbt.analysis.status import overview
 from pbt.cli import live
-from pbt.monitor import overview
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
 from pbt.testing import kill_group, pbt, pbt_background, status, wait_for, write_study

@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 from helpers import toy_spec
 
+from pbt.analysis.replay import choose_trial, replay
+from pbt.analysis.report import load_study
 from pbt.errors import FatalError, NotFoundError
 from pbt.launch import run_study
-from pbt.replay import choose_trial, replay
-from pbt.report import load_study
-from pbt.results import best_trial, lineage
-from pbt.tasks.trial import trial_seed
+from pbt.lineage import best_trial, lineage
 from pbt.testing import pbt
 from pbt.trainers.toy import ToyTrainer
-from pbt.trial import TrialStatus
+from pbt.trial import TrialStatus, trial_seed
 
 
 class RecordingToy(ToyTrainer):

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from helpers import Simulator, toy_data, toy_spec
 
+from pbt.analysis.report import FIGURES, load_study, report_study, write_report
 from pbt.controller.policies import make_policy
 from pbt.launch import run_study
-from pbt.report import FIGURES, load_study, report_study, write_report
-from pbt.results import best_trial, lineage, schedule
+from pbt.lineage import best_trial, lineage, schedule
 from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore

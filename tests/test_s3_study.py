@@ -17,7 +17,7 @@ from helpers import toy_data
 from test_embedded_study import assert_complete_and_once
 
 from pbt.controller.policies import make_policy
-from pbt.results import ancestry, best_trial, lineage
+from pbt.lineage import ancestry, best_trial, lineage
 from pbt.spec import parse_spec
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.s3 import S3ObjectStore

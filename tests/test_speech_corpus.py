@@ -12,15 +12,15 @@ import pytest
 pytest.importorskip("espeakng_loader")
 pytest.importorskip("scipy")
 
-from pbt.data import speech
-from pbt.data.speech import (
+from pbt.errors import FatalError
+from pbt.wavenet import speech
+from pbt.wavenet.speech import (
     CorpusError,
     build_speech_corpus,
     load_speech_corpus,
     make_sentences,
     write_wav,
 )
-from pbt.errors import FatalError
 
 SMALL = {"sentences": 6, "voices": ["en-us", "en-us+f2"], "takes": 2, "validation_fraction": 0.34}
 

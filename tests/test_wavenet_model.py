@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pbt.models.wavenet import (  # noqa: E402
+from pbt.wavenet.model import (  # noqa: E402
     WaveNet,
     WaveNetConfig,
     log_mel_spectrogram,

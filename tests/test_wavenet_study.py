@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("espeakng_loader")
 
-from pbt.data.speech import build_speech_corpus
 from pbt.launch import run_study
 from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
 from pbt.trial import TrialStatus
+from pbt.wavenet.speech import build_speech_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def wavenet_study(data: Path, storage: Path) -> dict[str, Any]:
         "algorithm": {"name": "pbt", "options": {"population_size": POPULATION, "steps_per_trial": STEPS}},
         "budget": {"total_steps": POPULATION * STEPS * GENERATIONS},
         "trainer": {
-            "path": "pbt.trainers.wavenet:WaveNetTrainer",
+            "path": "pbt.wavenet.trainer:WaveNetTrainer",
             "config": {"data": str(data), "stacks": 1, "layers_per_stack": 4, "residual_channels": 8,
                        "dilation_channels": 8, "skip_channels": 16, "batch_size": 4, "crop": 256,
                        "val_crops": 4, "threads": 1, "device": "cpu"},

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("espeakng_loader")
 
-from pbt.data.speech import build_speech_corpus  # noqa: E402
 from pbt.errors import CorruptCheckpointError, SpecError  # noqa: E402
 from pbt.trainers import Trainer, load_trainer_class  # noqa: E402
-from pbt.trainers.wavenet import CHECKPOINT, WaveNetTrainer, sample_audio  # noqa: E402
+from pbt.wavenet.speech import build_speech_corpus  # noqa: E402
+from pbt.wavenet.trainer import CHECKPOINT, WaveNetTrainer, sample_audio  # noqa: E402
 
 TINY = {
     "stacks": 1,
@@ -49,7 +49,7 @@ def _state(trainer: WaveNetTrainer) -> list[torch.Tensor]:
 
 
 def test_is_a_trainer_loadable_from_a_study_path() -> None:
-    cls = load_trainer_class("pbt.trainers.wavenet:WaveNetTrainer")
+    cls = load_trainer_class("pbt.wavenet.trainer:WaveNetTrainer")
     assert cls is WaveNetTrainer and issubclass(cls, Trainer)
 
 

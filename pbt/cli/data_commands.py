@@ -45,7 +45,7 @@ def speech(
     Train and validation are split by sentence, so validation is speech of unseen text.
     """
     with cli_errors():
-        from pbt.data.speech import DEFAULT_RATES, DEFAULT_VOICES, build_speech_corpus
+        from pbt.wavenet.speech import DEFAULT_RATES, DEFAULT_VOICES, build_speech_corpus
 
         started = time.perf_counter()
         with Progress(
@@ -98,7 +98,7 @@ def sample(
     For now CHECKPOINT is a local folder holding wavenet.pt, or with exactly one wavenet.pt below it.
     """
     with cli_errors():
-        from pbt.trainers.wavenet import sample_audio
+        from pbt.wavenet.trainer import sample_audio
 
         started = time.perf_counter()
         source = _local_checkpoint(checkpoint)

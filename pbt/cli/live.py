@@ -11,7 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from pbt.monitor import Overview
+from pbt.analysis.status import Overview
 
 _STATE_STYLE = {"finished": "green", "paused": "yellow", "pausing": "yellow", "running": "cyan", "idle": "dim"}
 

@@ -28,7 +28,7 @@ def report(
     Prints the path of index.html on stdout.
     """
     with cli_errors():
-        from pbt.report import report_study
+        from pbt.analysis.report import report_study
         from pbt.storage.keys import validate_name
 
         target = out_dir or Path("reports", validate_name(study, "study name"))
@@ -86,9 +86,9 @@ def replay(
     with cli_errors():
         import tempfile
 
-        from pbt.replay import ReplaySegment, save_replay
-        from pbt.replay import replay as run_replay
-        from pbt.report import load_study
+        from pbt.analysis.replay import ReplaySegment, save_replay
+        from pbt.analysis.replay import replay as run_replay
+        from pbt.analysis.report import load_study
 
         spec, trials, _ = load_study(study, storage)
 
@@ -113,7 +113,7 @@ def replay(
 
 
 def _print_replay(spec, result) -> None:
-    from pbt.report.page import fmt as _fmt
+    from pbt.analysis.report.page import fmt as _fmt
 
     metric = spec.objective.metric
     table = Table(title=f"replay of {result.trial}: schedule as applied", title_justify="left")

@@ -83,9 +83,9 @@ def status(
         if json_out:
             print(json.dumps(_load(study, storage)))
             return
+        from pbt.analysis.status import overview
         from pbt.cli import live
-        from pbt.monitor import overview
-        from pbt.results import trial_json
+        from pbt.lineage import trial_json
         from pbt.spec import parse_spec
         from pbt.storage.study_store import open_study
 
@@ -105,7 +105,7 @@ def status(
 
 
 def _load(study: str, storage: str) -> dict:
-    from pbt.results import best_trial, trial_json
+    from pbt.lineage import best_trial, trial_json
     from pbt.spec import parse_spec
     from pbt.storage.study_store import open_study
 
@@ -153,7 +153,7 @@ class _ProgressView:
 
 
 def _print_outcome(spec, json_out: bool) -> None:
-    from pbt.results import lineage, schedule
+    from pbt.lineage import lineage, schedule
 
     data = _load(spec.name, spec.storage)
     best = data["best"]

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pbt.storage.checkpoints import CheckpointStore
-from pbt.tasks.trial import trial_prefix
+from pbt.storage.keys import trial_prefix
 
 log = logging.getLogger("pbt.gc")
 

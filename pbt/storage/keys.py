@@ -37,3 +37,24 @@ def validate_key(key: str) -> str:
 def join(*parts: str) -> str:
     """Join key parts with '/' and validate the result."""
     return validate_key("/".join(p.strip("/") for p in parts if p))
+
+
+# The checkpoint layout: <study>/checkpoints/<trial>/step-<9 digits>, one home for workers and GC.
+
+
+def trial_prefix(study: str, trial_id: str) -> str:
+    return join(study, "checkpoints", trial_id)
+
+
+def checkpoint_name(study: str, trial_id: str, step: int) -> str:
+    return join(trial_prefix(study, trial_id), f"step-{step:09d}")
+
+
+_STEP = re.compile(r"/step-(\d+)$")
+
+
+def checkpoint_step(name: str) -> int:
+    match = _STEP.search(name)
+    if not match:
+        raise ValueError(f"not a trial checkpoint name: {name}")
+    return int(match.group(1))

@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from pbt.tasks.celery_app import app
+        from pbt.tasks.worker import app
 
         return app
     raise AttributeError(f"module 'pbt.tasks' has no attribute {name!r}")

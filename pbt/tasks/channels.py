@@ -2,7 +2,7 @@
 
 Celery carries the trial tasks; everything else a trial says travels here:
 
-* **result queue** ``pbt.results.<study>`` (a kombu queue): results and progress reports,
+* **result queue** ``pbt.lineage.<study>`` (a kombu queue): results and progress reports,
   acknowledged by the controller only after it has recorded them durably;
 * **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
   refreshes while the attempt runs — its absence is how the controller notices a lost worker;
@@ -40,7 +40,7 @@ def broker_url(explicit: str | None = None) -> str:
 
 
 def result_queue(study: str) -> Queue:
-    name = f"pbt.results.{study}"
+    name = f"pbt.lineage.{study}"
     return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
 
 

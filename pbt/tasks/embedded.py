@@ -17,8 +17,8 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from pbt.tasks.attempt import Interrupt, Preempted, run_attempt
 from pbt.tasks.executor import Event, Executor
-from pbt.tasks.trial import Interrupt, Preempted, run_trial
 from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
 
 
@@ -59,7 +59,7 @@ def _worker_main(conn: Connection, name: str) -> None:
             )
         )
         try:
-            result = run_trial(task, reporter, worker=name)
+            result = run_attempt(task, reporter, worker=name)
         except Preempted:  # not requested by this executor; treat as a retryable failure
             result = _ended(task, TrialStatus.FAILED, "preempted", name, retryable=True).message
         conn.send(("result", result.model_dump_json()))

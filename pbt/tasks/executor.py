@@ -2,7 +2,7 @@
 
 Two implementations: :class:`pbt.tasks.embedded.EmbeddedExecutor` (worker processes on this
 machine, the default) and :class:`pbt.tasks.distributed.CeleryExecutor` (Celery workers
-anywhere, through Redis). Both run the same :func:`pbt.tasks.trial.run_trial`.
+anywhere, through Redis). Both run the same :func:`pbt.tasks.attempt.run_attempt`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``pbt report``: what PBT did in a study, as one HTML page plus its PNGs and data.
 
-Three steps, one module each: :mod:`pbt.report.data` turns records into the numbers every
-figure shows, :mod:`pbt.report.plots` draws them, :mod:`pbt.report.page` lays out the page.
+Three steps, one module each: :mod:`pbt.analysis.report.data` turns records into the numbers every
+figure shows, :mod:`pbt.analysis.report.plots` draws them, :mod:`pbt.analysis.report.page` lays out the page.
 Reading goes through the same :class:`~pbt.storage.study_store.StudyStore` as ``pbt status``,
 read-only, so a report of a running study is safe and simply partial.
 """
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbt.report.data import ReportData, prepare
+from pbt.analysis.report.data import ReportData, prepare
 from pbt.spec import StudySpec, parse_spec
 from pbt.storage.study_store import open_study
 from pbt.trial import Trial
@@ -45,7 +45,7 @@ def write_report(
     spec: StudySpec, trials: list[Trial], out: Path, state: dict | None = None, storage: str | None = None
 ) -> Report:
     """Prepare, draw and write the report into ``out`` (created; existing files replaced)."""
-    from pbt.report import page, plots
+    from pbt.analysis.report import page, plots
 
     data = prepare(spec, trials, state, storage)
     out = Path(out)

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from pbt.errors import FatalError, NotFoundError
-from pbt.results import best_trial, lineage
+from pbt.lineage import best_trial, lineage
 from pbt.space import Value
 from pbt.spec import StudySpec
-from pbt.tasks.trial import trial_seed
 from pbt.trainers.base import load_trainer_class
-from pbt.trial import Trial
+from pbt.trial import Trial, trial_seed
 
 
 @dataclass
@@ -195,7 +194,7 @@ def replay(
 
 
 class _Runner:
-    """Trains like :func:`pbt.tasks.trial.run_trial`: same chunks, same intermediate evaluations."""
+    """Trains like :func:`pbt.tasks.attempt.run_attempt`: same chunks, same intermediate evaluations."""
 
     def __init__(self, trainer: Any, spec: StudySpec) -> None:
         self.trainer = trainer

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbt.results import best_trial
+from pbt.lineage import best_trial
 from pbt.spec import StudySpec
 from pbt.trial import Trial, TrialStatus
 

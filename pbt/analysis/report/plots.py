@@ -1,4 +1,4 @@
-"""The report's figures, drawn from :class:`~pbt.report.data.ReportData` with Matplotlib's Agg canvas.
+"""The report's figures, drawn from :class:`~pbt.analysis.report.data.ReportData` with Matplotlib's Agg canvas.
 
 Figures are built with ``matplotlib.figure.Figure`` and an explicit ``FigureCanvasAgg`` rather
 than ``pyplot``: no global figure registry, no backend negotiation, nothing that needs a display
@@ -20,7 +20,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pbt.report.data import PHASES, ReportData
+from pbt.analysis.report.data import PHASES, ReportData
 
 DPI = 110
 _PHASE_COLORS = {

@@ -225,7 +225,7 @@ def _synthesize_in_fresh_process(job: dict[str, Any]) -> list[np.ndarray]:
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-c", "from pbt.data.speech import _chunk_worker_main; _chunk_worker_main()"],
+        [sys.executable, "-c", "from pbt.wavenet.speech import _chunk_worker_main; _chunk_worker_main()"],
         input=json.dumps(job).encode(),
         capture_output=True,
         env=env,

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pbt.data.speech import load_speech_corpus, write_wav
 from pbt.errors import CorruptCheckpointError, SpecError
-from pbt.models.wavenet import WaveNet, WaveNetConfig, log_mel_spectrogram, mu_law_decode, mu_law_encode
 from pbt.trainers.base import HParams
+from pbt.wavenet.model import WaveNet, WaveNetConfig, log_mel_spectrogram, mu_law_decode, mu_law_encode
+from pbt.wavenet.speech import load_speech_corpus, write_wav
 
 CHECKPOINT = "wavenet.pt"
 FORMAT = "pbt-wavenet/1"

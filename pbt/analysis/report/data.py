@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pbt.results import best_trial, lineage, schedule
+from pbt.lineage import best_trial, lineage, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
 from pbt.trial import Timings, Trial

@@ -19,7 +19,6 @@ never an exception, except :class:`Preempted`, which asks the executor to hand t
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import socket
 import tempfile
@@ -30,14 +29,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
 from pbt.errors import CorruptCheckpointError, FatalError, NotFoundError, RetryableError
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
-from pbt.storage.keys import join
+from pbt.storage.keys import checkpoint_name, checkpoint_step, trial_prefix
 from pbt.trainers.base import load_trainer_class
-from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask
+from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
 
 Interrupt = Literal["stop", "preempt"] | None
 
@@ -63,36 +60,13 @@ class Preempted(Exception):
     """The attempt saved its progress and should be handed back to the queue."""
 
 
-def trial_prefix(study: str, trial_id: str) -> str:
-    return join(study, "checkpoints", trial_id)
-
-
-def checkpoint_name(study: str, trial_id: str, step: int) -> str:
-    return join(trial_prefix(study, trial_id), f"step-{step:09d}")
-
-
-_STEP = re.compile(r"/step-(\d+)$")
-
-
-def checkpoint_step(name: str) -> int:
-    match = _STEP.search(name)
-    if not match:
-        raise ValueError(f"not a trial checkpoint name: {name}")
-    return int(match.group(1))
-
-
-def trial_seed(seed: int, number: int) -> int:
-    """A per-trial seed that does not collide across trials of one study."""
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
-
-
 @lru_cache(maxsize=8)
 def _checkpoints(uri: str) -> CheckpointStore:
     # One store (and one S3 client) per process and URI: workers run many trials.
     return CheckpointStore(open_object_store(uri))
 
 
-def run_trial(
+def run_attempt(
     task: TrialTask,
     reporter: Reporter | None = None,
     *,

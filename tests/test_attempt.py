@@ -1,6 +1,6 @@
 """One attempt of one trial, without any broker: warm start, resume, fallback, failures.
 
-``run_trial`` is what both executors run, so these are the guarantees every worker gives.
+``run_attempt`` is what both executors run, so these are the guarantees every worker gives.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
-from pbt.tasks.trial import Preempted, checkpoint_name, run_trial
+from pbt.storage.keys import checkpoint_name
+from pbt.tasks.attempt import Preempted, run_attempt
 from pbt.trainers.toy import ToyTrainer
 from pbt.trial import TrialStatus, TrialTask
 
@@ -32,7 +33,7 @@ def store(tmp_path: Path) -> CheckpointStore:
 
 
 def test_a_trial_trains_evaluates_and_saves_its_final_checkpoint(tmp_path):
-    result = run_trial(task(tmp_path, steps=8, checkpoint_every=3))
+    result = run_attempt(task(tmp_path, steps=8, checkpoint_every=3))
     assert result.status is TrialStatus.COMPLETED
     assert result.steps_done == 8
     assert [m.step for m in result.metrics] == [3, 6, 8]  # evaluated at each checkpoint and at the end
@@ -42,8 +43,8 @@ def test_a_trial_trains_evaluates_and_saves_its_final_checkpoint(tmp_path):
 
 
 def test_warm_start_continues_from_the_parent_checkpoint(tmp_path):
-    parent = run_trial(task(tmp_path, trial_id="t000000", number=0, steps=10))
-    child = run_trial(task(tmp_path, parent="t000000", parent_checkpoint=parent.checkpoint, steps=10,
+    parent = run_attempt(task(tmp_path, trial_id="t000000", number=0, steps=10))
+    child = run_attempt(task(tmp_path, parent="t000000", parent_checkpoint=parent.checkpoint, steps=10,
                            start_lineage_steps=10))
     straight = ToyTrainer({"lr": 0.01})
     straight.setup({"h0": 0.5, "h1": 0.5})
@@ -69,21 +70,21 @@ def test_a_redelivered_attempt_resumes_from_its_own_latest_checkpoint(tmp_path):
 
     t = task(tmp_path, steps=10, checkpoint_every=3)
     with pytest.raises(Crash):
-        from pbt.tasks import trial as trial_module
+        from pbt.tasks import attempt as trial_module
 
         attempt = trial_module._Attempt(t, CrashingReporter(), "w", trial_module.Timings())
         attempt.run(tmp_path / "work")
-    resumed = run_trial(t.model_copy(update={"attempt": 2}))
+    resumed = run_attempt(t.model_copy(update={"attempt": 2}))
     assert resumed.status is TrialStatus.COMPLETED
     assert resumed.resumed_from_step == 6  # lost at most one checkpoint interval
     assert [m.step for m in resumed.metrics] == [3, 6, 9, 10]  # metrics of attempt 1 were kept
-    assert resumed.objective == pytest.approx(run_trial(task(tmp_path, trial_id="t000009", steps=10)).objective)
+    assert resumed.objective == pytest.approx(run_attempt(task(tmp_path, trial_id="t000009", steps=10)).objective)
 
 
 def test_a_finished_trial_redelivered_returns_its_result_without_training(tmp_path):
     t = task(tmp_path, steps=6)
-    first = run_trial(t)
-    again = run_trial(t.model_copy(update={"attempt": 2}))
+    first = run_attempt(t)
+    again = run_attempt(t.model_copy(update={"attempt": 2}))
     assert again.status is TrialStatus.COMPLETED
     assert again.objective == first.objective and again.checkpoint == first.checkpoint
     assert again.timings.train == 0.0
@@ -96,10 +97,12 @@ def _corrupt(tmp_path: Path, name: str) -> None:
 
 
 def test_a_corrupt_parent_falls_back_along_the_lineage(tmp_path):
-    grandparent = run_trial(task(tmp_path, trial_id="t000000", number=0, steps=5))
-    parent = run_trial(task(tmp_path, trial_id="t000001", number=1, steps=5, parent_checkpoint=grandparent.checkpoint))
+    grandparent = run_attempt(task(tmp_path, trial_id="t000000", number=0, steps=5))
+    parent = run_attempt(
+        task(tmp_path, trial_id="t000001", number=1, steps=5, parent_checkpoint=grandparent.checkpoint)
+    )
     _corrupt(tmp_path, parent.checkpoint)
-    child = run_trial(task(tmp_path, trial_id="t000002", number=2, steps=5, parent_checkpoint=parent.checkpoint,
+    child = run_attempt(task(tmp_path, trial_id="t000002", number=2, steps=5, parent_checkpoint=parent.checkpoint,
                            fallback_checkpoints=[grandparent.checkpoint]))
     assert child.status is TrialStatus.COMPLETED
     assert child.warm_start == grandparent.checkpoint
@@ -107,9 +110,9 @@ def test_a_corrupt_parent_falls_back_along_the_lineage(tmp_path):
 
 
 def test_no_usable_checkpoint_fails_the_trial_instead_of_training_from_scratch(tmp_path):
-    parent = run_trial(task(tmp_path, trial_id="t000000", number=0, steps=5))
+    parent = run_attempt(task(tmp_path, trial_id="t000000", number=0, steps=5))
     _corrupt(tmp_path, parent.checkpoint)
-    child = run_trial(task(tmp_path, trial_id="t000002", number=2, parent_checkpoint=parent.checkpoint))
+    child = run_attempt(task(tmp_path, trial_id="t000002", number=2, parent_checkpoint=parent.checkpoint))
     assert child.status is TrialStatus.FAILED
     assert not child.retryable
     assert "no usable checkpoint along the lineage" in child.error
@@ -117,7 +120,7 @@ def test_no_usable_checkpoint_fails_the_trial_instead_of_training_from_scratch(t
 
 
 def test_a_trainer_that_raises_fails_with_its_traceback_and_may_be_retried(tmp_path):
-    result = run_trial(task(tmp_path, trainer_config={"fail_above": 0.1}))
+    result = run_attempt(task(tmp_path, trainer_config={"fail_above": 0.1}))
     assert result.status is TrialStatus.FAILED
     assert result.retryable
     assert "RuntimeError: toy trainer told to fail" in result.error
@@ -125,7 +128,7 @@ def test_a_trainer_that_raises_fails_with_its_traceback_and_may_be_retried(tmp_p
 
 
 def test_a_nan_objective_fails_the_trial_and_is_not_retried(tmp_path):
-    result = run_trial(task(tmp_path, trainer_config={"nan_above": 0.1}))
+    result = run_attempt(task(tmp_path, trainer_config={"nan_above": 0.1}))
     assert result.status is TrialStatus.FAILED
     assert not result.retryable
     assert "not finite" in result.error
@@ -133,7 +136,7 @@ def test_a_nan_objective_fails_the_trial_and_is_not_retried(tmp_path):
 
 
 def test_a_missing_objective_metric_names_what_evaluate_returned(tmp_path):
-    result = run_trial(task(tmp_path, objective_metric="accuracy"))
+    result = run_attempt(task(tmp_path, objective_metric="accuracy"))
     assert result.status is TrialStatus.FAILED and not result.retryable
     assert "returned no 'accuracy'" in result.error and "['q']" in result.error
 
@@ -149,10 +152,10 @@ def test_stop_and_preempt_save_progress(tmp_path):
         def interrupt(self):
             return self.kind
 
-    stopped = run_trial(task(tmp_path, trial_id="t000003", number=3, steps=9, checkpoint_every=3), Interrupt("stop"))
+    stopped = run_attempt(task(tmp_path, trial_id="t000003", number=3, steps=9, checkpoint_every=3), Interrupt("stop"))
     assert stopped.status is TrialStatus.STOPPED and stopped.steps_done == 3
     t = task(tmp_path, trial_id="t000004", number=4, steps=9, checkpoint_every=3)
     with pytest.raises(Preempted):
-        run_trial(t, Interrupt("preempt"))
-    resumed = run_trial(t.model_copy(update={"attempt": 2}))
+        run_attempt(t, Interrupt("preempt"))
+    resumed = run_attempt(t.model_copy(update={"attempt": 2}))
     assert resumed.resumed_from_step == 3 and resumed.status is TrialStatus.COMPLETED

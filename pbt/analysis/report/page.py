@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 
-from pbt.report.data import PHASES, ReportData
+from pbt.analysis.report.data import PHASES, ReportData
 from pbt.space import Value
 
 _CSS = """

@@ -1,1 +1,0 @@
-"""Data for the built-in case studies (the speech corpus of the WaveNet study)."""

@@ -1,1 +1,0 @@
-"""Models for the built-in case studies; each is one readable file."""
