@@ -51,6 +51,14 @@ class StudyLockedError(FatalError):
     """Another controller holds this study's lease."""
 
 
+class TemporaryPolicyError(RetryableError):
+    """A policy cannot answer now; the controller asks it again at the next tick."""
+
+
+class StudyFailedError(FatalError):
+    """The study cannot go on: the controller ends it with this message and a non-zero exit."""
+
+
 class TrialFailedError(PbtError):
     """A trainer raised or produced a non-finite objective; carries whether a retry may help."""
 

@@ -6,7 +6,7 @@ Shared by ``pbt status``, ``pbt report`` and ``pbt replay`` so they agree on wha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,16 @@ from pbt.spec import Objective
 from pbt.trial import Trial
 
 
+def is_better(a: Trial, b: Trial, objective: Objective) -> bool:
+    """Whether usable trial ``a``'s objective is strictly better than usable trial ``b``'s."""
+    return objective.better(a.objective, b.objective)  # type: ignore[arg-type]
+
+
 def best_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
     """The usable trial with the best objective (earliest on ties)."""
     best = None
     for t in trials:
-        if t.usable and (best is None or objective.better(t.objective, best.objective)):  # type: ignore[arg-type]
+        if t.usable and (best is None or is_better(t, best, objective)):
             best = t
     return best
 
@@ -38,15 +43,18 @@ def lineage(trials: Sequence[Trial], trial: Trial) -> list[Trial]:
     return chain[::-1]
 
 
-def ancestry(trials: Sequence[Trial], roots: set[str]) -> set[str]:
-    """``roots`` and every ancestor of theirs: the trials whose checkpoints GC keeps."""
-    by_id = {t.id: t for t in trials}
+def ancestry(roots: Iterable[str], lookup: Callable[[str | None], Trial | None]) -> set[str]:
+    """``roots`` and every ancestor of theirs: the trials whose checkpoints GC keeps.
+
+    ``lookup`` maps a trial id to its record (None when unknown), so a caller that indexes its
+    trials already pays O(size of the ancestry), not O(study).
+    """
     keep: set[str] = set()
     for root in roots:
-        node = by_id.get(root)
+        node = lookup(root)
         while node is not None and node.id not in keep:
             keep.add(node.id)
-            node = by_id.get(node.parent) if node.parent else None
+            node = lookup(node.parent)
     return keep
 
 

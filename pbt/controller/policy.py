@@ -8,12 +8,19 @@ never import Celery, Redis or boto3; they can be unit-tested with a list of reco
 
 Each policy declares an ``Options`` model: the study file's ``algorithm.options`` are
 validated against it before anything runs.
+
+**Errors.** A policy that cannot answer *now* (it waits for a result, a model fit failed this
+time) raises :class:`~pbt.errors.TemporaryPolicyError`: the controller logs it and asks again
+at the next tick. A policy that finds the study cannot go on raises
+:class:`~pbt.errors.StudyFailedError`: the controller ends the study with its message and a
+non-zero exit. Any other exception is a bug in the policy and ends the controller.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -22,6 +29,21 @@ from pydantic import BaseModel, ConfigDict
 from pbt.controller.view import TrialView
 from pbt.spec import StudySpec
 from pbt.trial import Suggestion, Trial
+
+
+@dataclass(frozen=True)
+class EarlyStopDecision:
+    """Stop running trial ``trial_id`` now, because of ``reason`` (shown in records and reports)."""
+
+    trial_id: str
+    reason: str
+
+
+def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDecision]:
+    """Normalise ``early_stop``'s answer: policies written before decisions carried a reason
+    return bare trial ids."""
+    return [i if isinstance(i, EarlyStopDecision) else EarlyStopDecision(i, "stopped early by the policy")
+            for i in items]
 
 
 class Options(BaseModel):
@@ -44,8 +66,8 @@ class Policy(ABC):
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""
 
-    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
-        """Ids of running trials that should stop now. Default: none."""
+    def early_stop(self, trials: Sequence[Trial]) -> list[EarlyStopDecision]:
+        """Running trials that should stop now, each with its reason. Default: none."""
         return []
 
     def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:

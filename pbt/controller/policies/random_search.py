@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from pbt.controller.policy import FromScratch, Options
+from pbt.controller.policy import EarlyStopDecision, FromScratch, Options
 from pbt.space import sample_params
 from pbt.trial import Suggestion, Trial, TrialStatus
 
@@ -46,7 +46,7 @@ class RandomSearch(FromScratch):
             out.append(Suggestion(params=sample_params(self.space, rng), steps=self.steps_per_trial))
         return out
 
-    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
+    def early_stop(self, trials: Sequence[Trial]) -> list[EarlyStopDecision]:
         if not self.options.median_stopping:
             return []
         finished = [t for t in trials if t.usable]
@@ -62,8 +62,11 @@ class RandomSearch(FromScratch):
             peers = [v for v in peers if v is not None]
             if value is None or len(peers) < self.options.min_completed_for_stopping:
                 continue
-            if self.objective.better(statistics.median(peers), value):
-                stop.append(trial.id)
+            median = statistics.median(peers)
+            if self.objective.better(median, value):
+                reason = (f"{self.objective.metric} {value:.6g} at step {latest.step} is worse than the median "
+                          f"{median:.6g} of {len(peers)} completed trials at that step")
+                stop.append(EarlyStopDecision(trial.id, reason))
         return stop
 
 
