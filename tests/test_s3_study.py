@@ -62,7 +62,7 @@ def check_checkpoints(bucket: str, storage: str, data: dict) -> None:
     spec = parse_spec(data["study"], check_trainer=False)
     trials = [Trial.model_validate(t) for t in data["trials"]]
     best = best_trial(trials, spec.objective)
-    keep = ancestry(trials, make_policy(spec).parent_candidates(trials) | {best.id})
+    keep = ancestry(make_policy(spec).parent_candidates(trials) | {best.id}, {t.id: t for t in trials}.get)
     assert {t.id for t in lineage(trials, best)} <= keep
     remaining = {name.split("/")[2] for name in store.list(f"{spec.name}/checkpoints/")}
     assert remaining == keep, (sorted(remaining - keep), sorted(keep - remaining))

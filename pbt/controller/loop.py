@@ -83,25 +83,26 @@ class Controller:
         """Drive the study until the policy has nothing more to do and nothing is in flight."""
         self.lease.acquire()
         try:
-            self._open()
+            self.start()
             deadline = None if max_seconds is None else self.clock() + max_seconds
             events: list[Event] = []
             while True:
-                self._tick(events)
+                self.tick(events)
                 snapshot = self.snapshot()
                 if self.observer:
                     self.observer(snapshot)
                 if snapshot.finished or snapshot.paused or (deadline is not None and self.clock() > deadline):
                     break
                 events = self.executor.events(self.poll_interval)
-            self._close(snapshot)
+            self.finish(snapshot)
             return self.snapshot()
         finally:
             self.gc.close()
             self.store.close()
             self.lease.release()
 
-    def _tick(self, events: list[Event]) -> None:
+    def tick(self, events: list[Event]) -> None:
+        """Record ``events``, decide, then one durable write, then acknowledge and publish."""
         for event in events:
             self._handle(event)
         self.control.refresh()
@@ -133,7 +134,8 @@ class Controller:
 
     # Start and end --------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def start(self) -> None:
+        """Open (or resume) the study: check its identity, load its records, re-publish what was in flight."""
         spec_doc = self.spec.public_dict()
         if self.store.exists():
             stored = self.store.read_spec()
@@ -157,7 +159,8 @@ class Controller:
             log.info("resumed study %s: %d trials, %d in flight", self.spec.name, len(self.ledger),
                      self.attempts.in_flight)
 
-    def _close(self, snapshot: Snapshot) -> None:
+    def finish(self, snapshot: Snapshot) -> None:
+        """Final garbage collection, the last records, and the study's state document."""
         self.gc.collect(final=True)
         self.ledger.flush()
         self.store.write_doc("state", {
