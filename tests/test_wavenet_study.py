@@ -20,7 +20,7 @@ from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
 from pbt.trial import TrialStatus
-from pbt.wavenet.speech import build_speech_corpus
+from pbt.wavenet.corpus import build_speech_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ pytest.importorskip("espeakng_loader")
 
 from pbt.errors import CorruptCheckpointError, SpecError  # noqa: E402
 from pbt.trainers import Trainer, load_trainer_class  # noqa: E402
-from pbt.wavenet.speech import build_speech_corpus  # noqa: E402
+from pbt.wavenet.corpus import build_speech_corpus  # noqa: E402
 from pbt.wavenet.trainer import CHECKPOINT, WaveNetTrainer, sample_audio  # noqa: E402
 
 TINY = {

@@ -45,7 +45,7 @@ def speech(
     Train and validation are split by sentence, so validation is speech of unseen text.
     """
     with cli_errors():
-        from pbt.wavenet.speech import DEFAULT_RATES, DEFAULT_VOICES, build_speech_corpus
+        from pbt.wavenet.corpus import DEFAULT_RATES, DEFAULT_VOICES, build_speech_corpus
 
         started = time.perf_counter()
         with Progress(

@@ -38,8 +38,9 @@ import torch
 
 from pbt.errors import CorruptCheckpointError, SpecError
 from pbt.trainers.base import HParams
+from pbt.wavenet.corpus import load_speech_corpus
 from pbt.wavenet.model import WaveNet, WaveNetConfig, log_mel_spectrogram, mu_law_decode, mu_law_encode
-from pbt.wavenet.speech import load_speech_corpus, write_wav
+from pbt.wavenet.wav import write_wav
 
 CHECKPOINT = "wavenet.pt"
 FORMAT = "pbt-wavenet/1"
