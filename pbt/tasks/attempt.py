@@ -7,10 +7,11 @@ so it can be tested without Redis. Its job, in order:
    (a preempted or crashed attempt loses at most ``checkpoint_every`` steps), else warm-start
    from the parent's checkpoint, falling back along the lineage if that one fails
    verification — never silently from scratch;
-2. train in chunks, saving an in-trial checkpoint every ``checkpoint_every`` steps and
-   reporting progress after each chunk;
-3. evaluate, refuse a non-finite objective, save the final checkpoint (which also records the
-   final metrics, so a redelivered attempt that finds it returns the same result at once).
+2. train in chunks with :class:`~pbt.trainers.driver.TrainerDriver` (the loop a replay runs too),
+   saving an in-trial checkpoint every ``checkpoint_every`` steps, reporting progress after each
+   chunk and honouring a stop or a preemption there;
+3. evaluate, refuse a missing or non-finite objective, save the final checkpoint (which also
+   records the final metrics, so a redelivered attempt that finds it returns the same result at once).
 
 Whatever the trainer does — raise, return NaN — the attempt ends in a :class:`TrialResult`,
 never an exception, except :class:`Preempted`, which asks the executor to hand the task back.
@@ -34,6 +35,7 @@ from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name, checkpoint_step, trial_prefix
 from pbt.trainers.base import load_trainer_class
+from pbt.trainers.driver import TrainerDriver
 from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
 
 Interrupt = Literal["stop", "preempt"] | None
@@ -102,13 +104,19 @@ class _Attempt:
         self.worker = worker
         self.timings = timings
         self.store = _checkpoints(task.storage)
-        self.steps_done = 0
-        self.start_lineage = task.start_lineage_steps  # steps along the lineage before this trial
-        self.metrics: list[MetricReport] = []
+        self.driver: TrainerDriver | None = None  # once the trainer is set up: steps, metrics
         self.resumed_from: int | None = None
         self.warm_start: str | None = None
         self.checkpoint: str | None = None
         self.trainer: Any = None
+
+    @property
+    def steps_done(self) -> int:
+        return self.driver.step if self.driver else 0
+
+    @property
+    def metrics(self) -> list[MetricReport]:
+        return self.driver.metrics if self.driver else []
 
     def result(self, status: TrialStatus, **extra: Any) -> TrialResult:
         objective = None
@@ -136,36 +144,20 @@ class _Attempt:
         cls = load_trainer_class(task.trainer)
         self.trainer = cls(task.trainer_config)
         self.trainer.setup(task.params, seed=trial_seed(task.seed, task.number))
-        final = self._restore(workdir / "restore")
+        self.driver = TrainerDriver(
+            self.trainer,
+            metric=task.objective_metric,
+            checkpoint_every=task.checkpoint_every,
+            evaluate_every_checkpoint=task.evaluate_every_checkpoint,
+            lineage_start=task.start_lineage_steps,
+            timings=self.timings,
+        )
+        final = self._restore(workdir / "restore", self.driver)
         if final is not None:
             return final
-        chunk = task.checkpoint_every or task.steps
-        while self.steps_done < task.steps:
-            n = min(chunk - self.steps_done % chunk, task.steps - self.steps_done)
-            t0 = time.perf_counter()
-            self.trainer.train(n)
-            self.timings.train += time.perf_counter() - t0
-            self.steps_done += n
-            if self.steps_done >= task.steps:
-                break
-            interrupt = self.reporter.interrupt()
-            at_boundary = task.checkpoint_every and self.steps_done % task.checkpoint_every == 0
-            if at_boundary and task.evaluate_every_checkpoint:
-                self._evaluate()
-            if at_boundary or interrupt:
-                self._save(workdir / f"save-{self.steps_done}")
-            self._progress()
-            if interrupt == "preempt":
-                raise Preempted(f"{task.trial_id} saved at step {self.steps_done} and handed back")
-            if interrupt == "stop":
-                return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
-        values = self._evaluate()
-        objective = values.get(task.objective_metric)
+        objective = self.driver.run(task.steps, lambda at_checkpoint: self._between_chunks(workdir, at_checkpoint))
         if objective is None:
-            raise FatalError(
-                f"the trainer's evaluate() returned no {task.objective_metric!r} (got {sorted(values)}); "
-                "check objective.metric in the study file"
-            )
+            return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
         if not math.isfinite(objective):
             self._progress()
             return self.result(
@@ -178,8 +170,18 @@ class _Attempt:
         self._progress()
         return self.result(TrialStatus.COMPLETED)
 
-    def _restore(self, directory: Path) -> TrialResult | None:
-        """Load own latest checkpoint, else the parent's (with lineage fallback)."""
+    def _between_chunks(self, workdir: Path, at_checkpoint: bool) -> bool:
+        """Save an in-trial checkpoint, report progress, honour an interrupt; True: stopped."""
+        interrupt = self.reporter.interrupt()
+        if at_checkpoint or interrupt:
+            self._save(workdir / f"save-{self.steps_done}")
+        self._progress()
+        if interrupt == "preempt":
+            raise Preempted(f"{self.task.trial_id} saved at step {self.steps_done} and handed back")
+        return interrupt == "stop"
+
+    def _restore(self, directory: Path, driver: TrainerDriver) -> TrialResult | None:
+        """Load own latest checkpoint, else the parent's (with lineage fallback), and set ``driver``'s start."""
         task = self.task
         t0 = time.perf_counter()
         try:
@@ -189,13 +191,11 @@ class _Attempt:
                 except (CorruptCheckpointError, NotFoundError):
                     continue  # a torn or corrupt in-trial checkpoint: try the previous one
                 self.trainer.load(directory / name.rsplit("/", 1)[1])
-                self.steps_done = self.resumed_from = checkpoint_step(name)
-                self.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
+                driver.step = self.resumed_from = checkpoint_step(name)
+                driver.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
                 self.warm_start = manifest.meta.get("warm_start")
-                self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage + self.steps_done)) - (
-                    self.steps_done
-                )
-                if manifest.meta.get("final") and self.steps_done >= task.steps:
+                driver.lineage_start = int(manifest.meta.get("lineage_step", driver.lineage_step)) - driver.step
+                if manifest.meta.get("final") and driver.step >= task.steps:
                     self.checkpoint = name
                     return self.result(TrialStatus.COMPLETED)
                 return None
@@ -211,24 +211,12 @@ class _Attempt:
                     self.trainer.load(target)
                     self.warm_start = name
                     # A fallback to an older ancestor starts this trial earlier along the lineage.
-                    self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage))
+                    driver.lineage_start = int(manifest.meta.get("lineage_step", driver.lineage_start))
                     return None
                 raise FatalError("no usable checkpoint along the lineage:\n  " + "\n  ".join(errors))
             return None
         finally:
             self.timings.checkpoint_load += time.perf_counter() - t0
-
-    def _evaluate(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        raw = self.trainer.evaluate()
-        self.timings.evaluate += time.perf_counter() - t0
-        values = {str(k): float(v) for k, v in dict(raw).items()}
-        self.metrics.append(
-            MetricReport(
-                step=self.steps_done, lineage_step=self.start_lineage + self.steps_done, values=values
-            )
-        )
-        return values
 
     def _save(self, directory: Path, final: bool = False) -> None:
         t0 = time.perf_counter()
@@ -240,7 +228,7 @@ class _Attempt:
             "attempt": self.task.attempt,
             "step": self.steps_done,
             "final": final,
-            "lineage_step": self.start_lineage + self.steps_done,
+            "lineage_step": self.driver.lineage_step,
             "warm_start": self.warm_start,
             "metrics": [m.model_dump() for m in self.metrics],
         }
