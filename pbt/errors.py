@@ -51,6 +51,15 @@ class StudyLockedError(FatalError):
     """Another controller holds this study's lease."""
 
 
+class TrainerContractError(FatalError):
+    """The trainer and the study disagree in a way that is the same for every trial.
+
+    The objective metric is missing from ``evaluate()``, the trainer cannot be imported or
+    constructed from ``trainer.config``, or a protocol method has the wrong signature. The
+    controller ends the study at the first occurrence instead of spending its budget on it.
+    """
+
+
 class TemporaryPolicyError(RetryableError):
     """A policy cannot answer now; the controller asks it again at the next tick."""
 

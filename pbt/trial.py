@@ -28,6 +28,14 @@ class TrialStatus(str, Enum):
         return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
 
 
+class FailureScope(str, Enum):
+    """Who a failed attempt's error belongs to (DESIGN.md, "Failure policy")."""
+
+    TRIAL = "trial"  # this trial: retried up to execution.max_attempts, never a parent
+    STUDY = "study"  # the same for every trial (trainer and study disagree): the study ends
+    WORKER = "worker"  # the worker's environment (memory, storage, credentials, GPU): not the trial's fault
+
+
 class _Model(BaseModel):
     # NaN and inf are information (a diverged trial), not null: keep them through JSON.
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
@@ -146,6 +154,7 @@ class TrialResult(_Model):
     warm_start: str | None = None
     error: str | None = None
     retryable: bool = False  # a failure that another attempt may not repeat
+    scope: FailureScope = FailureScope.TRIAL  # whose fault a failure is
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     finished_at: float = 0.0

@@ -15,6 +15,13 @@ so it can be tested without Redis. Its job, in order:
 
 Whatever the trainer does — raise, return NaN — the attempt ends in a :class:`TrialResult`,
 never an exception, except :class:`Preempted`, which asks the executor to hand the task back.
+
+A failure carries its scope (:class:`~pbt.trial.FailureScope`): an error that is the same for
+every trial — the objective metric missing from ``evaluate()``, a trainer that cannot be built
+from ``trainer.config``, a protocol method called with the arguments pbt passes that does not
+accept them — is ``study``-scoped, so the controller ends the study at once; anything else is
+the trial's. An objective that is NaN or infinite at *any* evaluation ends the attempt there
+(non-finite is the worst value, and a diverged model does not recover).
 """
 
 from __future__ import annotations
@@ -30,13 +37,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pbt.errors import CorruptCheckpointError, FatalError, NotFoundError, RetryableError
+from pbt.errors import (
+    CorruptCheckpointError,
+    FatalError,
+    NotFoundError,
+    RetryableError,
+    SpecError,
+    TrainerContractError,
+)
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name, checkpoint_step, trial_prefix
+from pbt.trainers import driver as driver_module
 from pbt.trainers.base import load_trainer_class
 from pbt.trainers.driver import TrainerDriver
-from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
+from pbt.trial import FailureScope, MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
 
 Interrupt = Literal["stop", "preempt"] | None
 
@@ -87,14 +102,41 @@ def run_attempt(
     except Preempted:
         raise
     except Exception as exc:
-        retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
+        scope, retryable = classify(exc)
         return attempt.result(
             TrialStatus.FAILED,
             error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
             retryable=retryable,
+            scope=scope,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def classify(exc: BaseException) -> tuple[FailureScope, bool]:
+    """``(scope, retryable)`` of the exception that ended an attempt."""
+    if isinstance(exc, TrainerContractError) or _raised_by_the_call(exc):
+        return FailureScope.STUDY, False
+    retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
+    return FailureScope.TRIAL, retryable
+
+
+_CALL_SITES = frozenset({__file__, driver_module.__file__})
+
+#: What a trainer's constructor raises when ``trainer.config`` does not suit it: the same for
+#: every trial. (An OSError or a RuntimeError may be the worker's environment: not included.)
+_CONFIG_ERRORS = (TypeError, ValueError, LookupError, AttributeError, NameError)
+
+
+def _raised_by_the_call(exc: BaseException) -> bool:
+    """A TypeError raised by the call itself (not inside the trainer): the method does not take
+    the arguments the trainer protocol passes, which is the same for every trial."""
+    tb = exc.__traceback__
+    if not isinstance(exc, TypeError) or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename in _CALL_SITES
 
 
 class _Attempt:
@@ -109,6 +151,7 @@ class _Attempt:
         self.warm_start: str | None = None
         self.checkpoint: str | None = None
         self.trainer: Any = None
+        self.diverged: str | None = None  # why an intermediate evaluation ended the attempt
 
     @property
     def steps_done(self) -> int:
@@ -141,8 +184,16 @@ class _Attempt:
 
     def run(self, workdir: Path) -> TrialResult:
         task = self.task
-        cls = load_trainer_class(task.trainer)
-        self.trainer = cls(task.trainer_config)
+        try:
+            cls = load_trainer_class(task.trainer)
+        except SpecError as exc:  # the controller imported it: this worker's environment differs
+            raise RuntimeError(f"this worker cannot load the trainer: {exc}") from exc
+        try:
+            self.trainer = cls(task.trainer_config)
+        except _CONFIG_ERRORS as exc:
+            raise TrainerContractError(
+                f"the trainer {task.trainer} cannot be built from trainer.config: {type(exc).__name__}: {exc}"
+            ) from exc
         self.trainer.setup(task.params, seed=trial_seed(task.seed, task.number))
         self.driver = TrainerDriver(
             self.trainer,
@@ -156,13 +207,15 @@ class _Attempt:
         if final is not None:
             return final
         objective = self.driver.run(task.steps, lambda at_checkpoint: self._between_chunks(workdir, at_checkpoint))
+        if self.diverged:
+            return self.result(TrialStatus.FAILED, error=self.diverged, retryable=False)
         if objective is None:
             return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
         if not math.isfinite(objective):
             self._progress()
             return self.result(
                 TrialStatus.FAILED,
-                error=f"objective {task.objective_metric} is {objective} (not finite)",
+                error=f"objective {task.objective_metric} is {objective} at step {self.steps_done} (not finite)",
                 retryable=False,
             )
         self._save(workdir / "final", final=True)
@@ -172,6 +225,14 @@ class _Attempt:
 
     def _between_chunks(self, workdir: Path, at_checkpoint: bool) -> bool:
         """Save an in-trial checkpoint, report progress, honour an interrupt; True: stopped."""
+        latest = self.metrics[-1] if self.metrics else None
+        if latest is not None and latest.step == self.steps_done:
+            value = latest.values.get(self.task.objective_metric)
+            if value is not None and not math.isfinite(value):
+                self.diverged = (f"objective {self.task.objective_metric} is {value} at step {self.steps_done} "
+                                 "(not finite): stopped at once")
+                self._progress()
+                return True
         interrupt = self.reporter.interrupt()
         if at_checkpoint or interrupt:
             self._save(workdir / f"save-{self.steps_done}")

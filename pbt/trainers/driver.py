@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pbt.errors import FatalError
+from pbt.errors import TrainerContractError
 from pbt.trainers.base import Trainer
 from pbt.trial import MetricReport, Timings
 
@@ -70,7 +70,7 @@ class TrainerDriver:
         Chunks end on multiples of ``checkpoint_every`` (a resumed run first completes its
         chunk), or at ``until``. Returns None, without the final evaluation, if
         ``between_chunks`` stopped the run early. The objective may be NaN or infinite: what
-        that means is the caller's decision. Raises :class:`~pbt.errors.FatalError` if the
+        that means is the caller's decision. Raises :class:`~pbt.errors.TrainerContractError` if the
         final evaluation has no ``metric``; whatever the trainer or the callback raise
         propagates, with ``step`` and ``metrics`` as far as they got.
         """
@@ -90,7 +90,7 @@ class TrainerDriver:
                 return None
         values = self.evaluate()
         if self.metric not in values:
-            raise FatalError(
+            raise TrainerContractError(
                 f"the trainer's evaluate() returned no {self.metric!r} (got {sorted(values)}); "
                 "check objective.metric in the study file"
             )
