@@ -18,9 +18,9 @@ from pbt.analysis.report import FIGURES, load_study, report_study, write_report
 from pbt.controller.policies import make_policy
 from pbt.launch import run_study
 from pbt.lineage import best_trial, lineage, schedule
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 from pbt.testing import kill_group, pbt, pbt_background, wait_for, write_study
 from pbt.trial import MetricReport, TrialStatus
 

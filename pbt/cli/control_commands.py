@@ -88,8 +88,8 @@ def resume(
     with cli_errors():
         from pbt.cli.study_commands import drive
         from pbt.errors import StudyLockedError
-        from pbt.spec import parse_spec
         from pbt.storage.study_store import open_study
+        from pbt.study_file import parse_spec
 
         store = open_study(storage, study)
         data = store.read_spec()

@@ -42,7 +42,7 @@ def run(
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
     with cli_errors():
-        from pbt.spec import load_spec
+        from pbt.study_file import load_spec
 
         spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
         drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on")
@@ -51,7 +51,7 @@ def run(
 def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -> None:
     """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike."""
     from pbt.launch import run_study
-    from pbt.spec import redact_url
+    from pbt.urls import redact_url
 
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
     console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
@@ -86,8 +86,8 @@ def status(
         from pbt.analysis.status import overview
         from pbt.cli import live
         from pbt.lineage import trial_json
-        from pbt.spec import parse_spec
         from pbt.storage.study_store import open_study
+        from pbt.study_file import parse_spec
 
         store = open_study(storage, study)
         spec = parse_spec(store.read_spec(), check_trainer=False)
@@ -106,8 +106,8 @@ def status(
 
 def _load(study: str, storage: str) -> dict:
     from pbt.lineage import best_trial, trial_json
-    from pbt.spec import parse_spec
     from pbt.storage.study_store import open_study
+    from pbt.study_file import parse_spec
 
     store = open_study(storage, study)
     spec_doc = store.read_spec()

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbt.analysis.report.data import ReportData, prepare
-from pbt.spec import StudySpec, parse_spec
+from pbt.spec import StudySpec
 from pbt.storage.study_store import open_study
+from pbt.study_file import parse_spec
 from pbt.trial import Trial
 
 FIGURES = ("objective.png", "schedules.png", "lineage.png", "times.png")
