@@ -1,5 +1,5 @@
 """The read side's shared rules, each written once: which trial is better, where a study stands,
-and how much budget it spent.
+how much budget it spent, and opening a stored study.
 
 ``pbt status``, ``pbt report``, ``pbt stop`` and the progress bar all go through these; the
 commands themselves are tested end to end in test_ops.py and test_report.py.
@@ -10,10 +10,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers import toy_spec
 
 from pbt.analysis.budget import BudgetUse
+from pbt.analysis.study import open_study
+from pbt.errors import NotFoundError
 from pbt.lineage import best_trial, is_better
 from pbt.spec import Budget, Objective
+from pbt.storage import open_object_store
+from pbt.storage.study_store import StudyStore
 from pbt.study_state import StudyState, study_state
 from pbt.trial import Trial, TrialStatus
 
@@ -93,3 +98,33 @@ def test_budget_use_without_a_step_budget_counts_trials():
     assert use.measure == ("trials", 3, 4) and use.fraction == pytest.approx(0.75)
     assert BudgetUse(50, 9, 40, None).fraction == 1.0  # overspent shows as full, not more
     assert BudgetUse.of(Budget(total_steps=8)).parts() == ["0 / 8 steps"]
+
+
+# --- opening a stored study -----------------------------------------------------------------------
+
+
+def test_open_study_reads_spec_trials_and_documents(tmp_path):
+    spec = toy_spec(storage=str(tmp_path), broker="redis://:secret@h:6379/0")
+    store = StudyStore(open_object_store(str(tmp_path)), "toy")
+    store.write_spec(spec.public_dict())
+    store.append([_trial(0, 0.5), _trial(1, 0.9), _trial(2, None, TrialStatus.RUNNING, steps_done=1)])
+    store.write_doc("control", {"paused": True, "at": 1.0, "by": "pbt stop"})
+
+    stored = open_study(str(tmp_path), "toy")
+    assert stored.spec_doc["broker"] == "redis://:***@h:6379/0" and stored.spec.name == "toy"
+    assert stored.spec.algorithm.options == spec.algorithm.options
+    assert [t.id for t in stored.trials] == ["t000000", "t000001", "t000002"]
+    assert stored.state is None and stored.control == {"paused": True, "at": 1.0, "by": "pbt stop"}
+    assert stored.in_flight == 1 and stored.study_state is StudyState.PAUSING
+    assert stored.best.id == "t000001"
+
+    store.append([_trial(2, 0.95)])
+    store.write_doc("state", {"finished": False, "paused": True, "at": 2.0})
+    again = stored.reread()
+    assert again.spec is stored.spec and again.best.id == "t000002"
+    assert again.study_state is StudyState.PAUSED and stored.in_flight == 1, "the first read is unchanged"
+
+
+def test_open_study_names_a_missing_study_and_its_storage(tmp_path):
+    with pytest.raises(NotFoundError, match=r"no study 'nope' in file://"):
+        open_study(str(tmp_path), "nope")

@@ -36,25 +36,25 @@ def stop(
     Nothing is lost: continue it with `pbt resume STUDY`. Exit status 1 if --wait timed out.
     """
     with cli_errors():
-        from pbt.storage.study_store import open_study
+        from pbt.analysis.study import open_study
+        from pbt.study_state import StudyState
 
-        store = open_study(storage, study)
-        state = store.read_doc("state") or {}
-        in_flight = sum(1 for t in store.load_trials() if not t.status.terminal)
-        if state.get("finished") and not in_flight:
+        stored = open_study(storage, study)
+        if stored.study_state is StudyState.FINISHED:
             console.print(f"study {study} has already finished; nothing to stop")
             return
         asked = time.time()
-        store.write_doc("control", {"paused": True, "at": asked, "by": "pbt stop"})
+        stored.store.write_doc("control", {"paused": True, "at": asked, "by": "pbt stop"})
         console.print(
             f"study {study}: pause requested; the controller publishes nothing new and exits once the "
-            f"{in_flight} trial(s) in flight have finished. Continue with `pbt resume {study} --storage {storage}`."
+            f"{stored.in_flight} trial(s) in flight have finished. "
+            f"Continue with `pbt resume {study} --storage {storage}`."
         )
         if not wait:
             return
         deadline = asked + timeout
         while time.time() < deadline:
-            state = store.read_doc("state") or {}
+            state = stored.store.read_doc("state") or {}
             if state.get("paused") and float(state.get("at", 0)) >= asked - 5.0:
                 console.print(f"study {study} is paused; no trial in flight")
                 return
@@ -86,13 +86,13 @@ def resume(
     """
     setup_logging(verbose)
     with cli_errors():
+        from pbt.analysis.study import open_study
         from pbt.cli.study_commands import drive
         from pbt.errors import StudyLockedError
-        from pbt.storage.study_store import open_study
         from pbt.study_file import parse_spec
 
-        store = open_study(storage, study)
-        data = store.read_spec()
+        stored = open_study(storage, study)
+        data = dict(stored.spec_doc)
         if data.get("broker") and not broker:
             console.print(
                 f"[red]error:[/red] study {study} ran on Celery workers ({data['broker']}); the stored spec "
@@ -101,7 +101,7 @@ def resume(
             raise typer.Exit(EXIT_USAGE)
         data.update(storage=storage, broker=broker or None)
         spec = parse_spec(data, source=f"the stored spec of {study}")
-        store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
+        stored.store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
         try:
             drive(spec, workers=workers, quiet=quiet, json_out=json_out, how="resumed on")
         except StudyLockedError as exc:

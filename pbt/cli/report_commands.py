@@ -88,9 +88,10 @@ def replay(
 
         from pbt.analysis.replay import ReplaySegment, save_replay
         from pbt.analysis.replay import replay as run_replay
-        from pbt.analysis.report import load_study
+        from pbt.analysis.study import open_study
 
-        spec, trials, _ = load_study(study, storage)
+        stored = open_study(storage, study)
+        spec = stored.spec
 
         def show(seg: ReplaySegment) -> None:
             if not json_out:
@@ -102,7 +103,7 @@ def replay(
         with tempfile.TemporaryDirectory(prefix="pbt-replay-ckpt-") as tmp:
             ckpt = Path(tmp) / "checkpoint" if save_checkpoint else None
             result = run_replay(
-                spec, trials, trial, steps_scale=steps_scale or 1.0, extra_steps=extra_steps or 0,
+                spec, stored.trials, trial, steps_scale=steps_scale or 1.0, extra_steps=extra_steps or 0,
                 trainer_config=config, checkpoint_dir=ckpt, on_segment=show,
             )
             save_replay(result, storage, out_dir, ckpt)
