@@ -13,19 +13,18 @@ pause.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import typer
 
-from pbt.cli import app
 from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_logging
+from pbt.cli.options import EmbeddedWorkers, Quiet, StudyStorage, SummaryJson, Verbose, broker_option
+from pbt.cli.study_commands import drive
 
-_STORAGE_HELP = "the study's storage: a path, file:///abs/path or s3://bucket/prefix"
 
-
-@app.command(rich_help_panel="Pause and resume")
 def stop(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    storage: StudyStorage = "runs",
     wait: bool = typer.Option(
         False, "--wait", help="wait until the controller has finished in-flight trials and exited"
     ),
@@ -63,20 +62,16 @@ def stop(
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command(rich_help_panel="Pause and resume")
 def resume(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
-    broker: str | None = typer.Option(
-        None, "--broker", "-b", envvar="PBT_BROKER_URL",
-        help="redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
-    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+    storage: StudyStorage = "runs",
+    broker: Annotated[str | None, broker_option(
+        "redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)"
+    )] = None,
+    workers: EmbeddedWorkers = None,
+    quiet: Quiet = False,
+    json_out: SummaryJson = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Clear a study's pause flag and run its controller again from the stored spec, to the end.
 
@@ -87,7 +82,6 @@ def resume(
     setup_logging(verbose)
     with cli_errors():
         from pbt.analysis.study import open_study
-        from pbt.cli.study_commands import drive
         from pbt.errors import StudyLockedError
         from pbt.study_file import parse_spec
 

@@ -4,40 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pbt.cli import app
 from pbt.cli.common import EXIT_FAILURE, cli_errors, console, out, setup_logging
+from pbt.cli.options import (
+    EmbeddedWorkers,
+    Quiet,
+    SummaryJson,
+    Verbose,
+    broker_option,
+    json_option,
+    storage_option,
+)
 
 
-@app.command()
 def run(
     study_file: Path = typer.Argument(..., help="study YAML file", exists=False, dir_okay=False),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        "-s",
-        envvar="PBT_STORAGE",
-        help="where checkpoints and records go: a path, file:///abs/path or s3://bucket/prefix (overrides the file)",
-    ),
-    broker: str | None = typer.Option(
-        None,
-        "--broker",
-        "-b",
-        envvar="PBT_BROKER_URL",
-        help="redis://[:password@]host:port/db of Celery workers; without it trials run on this machine",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
-    ),
+    storage: Annotated[str | None, storage_option(
+        "where checkpoints and records go: a path, file:///abs/path or s3://bucket/prefix (overrides the file)"
+    )] = None,
+    broker: Annotated[str | None, broker_option(
+        "redis://[:password@]host:port/db of Celery workers; without it trials run on this machine"
+    )] = None,
+    workers: EmbeddedWorkers = None,
     seed: int | None = typer.Option(None, "--seed", help="overrides the file's seed"),
     name: str | None = typer.Option(None, "--name", help="overrides the study name (a new study)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
-    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+    quiet: Quiet = False,
+    json_out: SummaryJson = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
@@ -70,11 +68,10 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command()
 def status(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help="the study's storage URI"),
-    json_out: bool = typer.Option(False, "--json", help="one JSON object: study spec, trials, best"),
+    storage: Annotated[str, storage_option("the study's storage URI")] = "runs",
+    json_out: Annotated[bool, json_option("one JSON object: study spec, trials, best")] = False,
     watch: bool = typer.Option(False, "--watch", "-w", help="refresh live until the study finishes or pauses"),
     interval: float = typer.Option(2.0, "--interval", "-n", min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
