@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 
 THRESHOLD = 1.19
 

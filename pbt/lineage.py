@@ -1,7 +1,7 @@
 """Reading a study back: best trial, lineages and hyperparameter schedules.
 
-Shared by ``pbt status``, ``pbt report`` and ``pbt replay`` so they agree on what "best" and
-"schedule" mean. Pure functions over trial records.
+Shared by ``pbt status``, ``pbt report``, ``pbt replay`` and the controller so they agree on
+what "better", "best" and "schedule" mean. Pure functions over trial records.
 """
 
 from __future__ import annotations
@@ -16,13 +16,22 @@ from pbt.trial import Trial
 
 
 def is_better(a: Trial, b: Trial, objective: Objective) -> bool:
-    """Whether usable trial ``a``'s objective is strictly better than usable trial ``b``'s."""
+    """Whether ``a`` beats ``b``: the one definition of "better" between two trials.
+
+    Only a usable trial (completed with a finite objective) can be better; it beats an unusable
+    one, and a usable one only when its objective is strictly better (a tie is not better, so
+    whoever came first stays best).
+    """
+    if not a.usable:
+        return False
+    if not b.usable:
+        return True
     return objective.better(a.objective, b.objective)  # type: ignore[arg-type]
 
 
 def best_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
-    """The usable trial with the best objective (earliest on ties)."""
-    best = None
+    """The usable trial with the best objective (earliest in ``trials`` on ties); None if none is usable."""
+    best: Trial | None = None
     for t in trials:
         if t.usable and (best is None or is_better(t, best, objective)):
             best = t

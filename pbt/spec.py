@@ -1,23 +1,22 @@
-"""The study file: everything a controller needs to run a study, validated before anything runs.
+"""The study file's models: everything a controller needs to run a study, as validated data.
 
-A typo in a study file should cost seconds, not a GPU-hour: unknown fields are refused, every
-bound is checked, the algorithm's options are validated by the policy that will use them, and
-the trainer's import path is resolved. Errors come back as one :class:`~pbt.errors.SpecError`
-listing each bad field by its dotted path and the reason.
+Unknown fields are refused and every bound is checked by the models themselves. Reading a file,
+formatting errors by field path, validating the algorithm's options against the policy that
+will use them and resolving the trainer's import path happen one level up, in
+:mod:`pbt.study_file`, so that this module depends on neither the policies nor the trainers
+(both of which read a :class:`StudySpec`).
 """
 
 from __future__ import annotations
 
 import keyword
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pbt.errors import SpecError
 from pbt.space import SearchSpace
 from pbt.storage.keys import validate_name
+from pbt.urls import redact_url
 
 
 class _Model(BaseModel):
@@ -112,81 +111,3 @@ class StudySpec(_Model):
         if data.get("broker"):
             data["broker"] = redact_url(data["broker"])
         return data
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host`` → ``redis://:***@host``: URLs are logged, passwords never."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    user = parts.username or ""
-    netloc = f"{user}:***@" if parts.password is not None else f"{user}@"
-    netloc += parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _format(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_invalid":
-            msg = f"unknown type; expected one of {_TYPE_NAMES}"
-        lines.append(f"  {prefix}{loc}: {msg}")
-    return "\n".join(lines)
-
-
-_UNION_TAGS = {"float", "int", "discrete", "categorical"}
-_TYPE_NAMES = "float, int, discrete, categorical"
-
-
-def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) -> StudySpec:
-    """Validate raw data (a parsed YAML mapping) into a StudySpec, or raise SpecError."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc)}") from None
-    # Imported here: policies depend on the spec module, not the other way round.
-    from pbt.controller.policies import validate_options
-
-    try:
-        options = validate_options(spec)
-    except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc, 'algorithm.options.')}") from None
-    except SpecError as exc:
-        raise SpecError(f"{source} is invalid:\n  {exc}") from None
-    spec.algorithm.options = options
-    if check_trainer:
-        from pbt.trainers.base import load_trainer_class
-
-        try:
-            load_trainer_class(spec.trainer.path)
-        except SpecError as exc:
-            raise SpecError(f"{source} is invalid:\n  {exc}") from None
-    return spec
-
-
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, check_trainer: bool = True) -> StudySpec:
-    """Read a YAML study file, apply command-line overrides (``None`` means "keep"), validate."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict):
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                section, _, field = key.partition(".")
-                if field:
-                    data.setdefault(section, {})[field] = value
-                else:
-                    data[key] = value
-    return parse_spec(data, source=str(path), check_trainer=check_trainer)

@@ -13,9 +13,9 @@ from helpers import toy_data
 from pbt.controller.loop import Controller
 from pbt.controller.policy import EarlyStopDecision
 from pbt.errors import TemporaryPolicyError
-from pbt.spec import parse_spec
 from pbt.storage.local import LocalObjectStore
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 from pbt.testing.memory import FakeClock, InMemoryExecutor, NoLease, completed
 from pbt.trial import TrialStatus
 

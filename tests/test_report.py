@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from helpers import Simulator, toy_data, toy_spec
 
-from pbt.analysis.report import FIGURES, load_study, report_study, write_report
+from pbt.analysis.report import FIGURES, report_study, write_report
+from pbt.analysis.study import open_study
 from pbt.controller.policies import make_policy
 from pbt.launch import run_study
 from pbt.lineage import best_trial, lineage, schedule
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 from pbt.testing import kill_group, pbt, pbt_background, wait_for, write_study
 from pbt.trial import MetricReport, TrialStatus
 
@@ -46,7 +47,8 @@ def test_report_of_a_finished_study_shows_every_trial_and_the_recorded_lineage(f
     for name in FIGURES:
         assert (out / name).read_bytes().startswith(PNG)
 
-    spec, trials, _ = load_study("toy", str(finished))
+    stored = open_study(str(finished), "toy")
+    spec, trials = stored.spec, stored.trials
     data = json.loads((out / "report.json").read_text())
     by_id = {t.id: t for t in trials}
     assert data["state"] == "finished" and data["counts"] == {"completed": len(trials)}

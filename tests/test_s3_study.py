@@ -18,9 +18,9 @@ from test_embedded_study import assert_complete_and_once
 
 from pbt.controller.policies import make_policy
 from pbt.lineage import ancestry, best_trial, lineage
-from pbt.spec import parse_spec
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.s3 import S3ObjectStore
+from pbt.study_file import parse_spec
 from pbt.testing import FaultyS3Proxy, Workers, kill_group, pbt, pbt_background, wait_for, write_study
 from pbt.trial import Trial
 

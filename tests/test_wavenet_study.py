@@ -16,9 +16,9 @@ pytest.importorskip("torch")
 pytest.importorskip("espeakng_loader")
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 from pbt.trial import TrialStatus
 from pbt.wavenet.corpus import build_speech_corpus
 

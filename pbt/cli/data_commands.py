@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pbt.cli import app
 from pbt.cli.common import cli_errors, console, out
+from pbt.cli.options import workers_option
 from pbt.errors import CorruptCheckpointError, SpecError
-
-data_app = typer.Typer(help="Build the data sets of the built-in case studies.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 
 def _csv(value: str | None, kind: type = str) -> list | None:
     return [kind(v.strip()) for v in value.split(",") if v.strip()] if value else None
 
 
-@data_app.command("speech")
 def speech(
     out_dir: Path = typer.Option(..., "--out", "-o", help="folder to create (e.g. data/speech)"),
     seed: int = typer.Option(0, "--seed", help="same seed, same bytes"),
@@ -35,9 +32,7 @@ def speech(
     takes: int = typer.Option(1, "--takes", min=1, help="readings of each sentence, by different voices"),
     sample_rate: int = typer.Option(16000, "--sample-rate", min=1000, help="Hz of the written WAV files"),
     validation_fraction: float = typer.Option(0.1, "--validation-fraction", help="share of sentences held out"),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", min=1, help="synthesis processes (default: one per CPU)"
-    ),
+    workers: Annotated[int | None, workers_option("synthesis processes (default: one per CPU)")] = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a corpus already built in --out"),
 ) -> None:
     """Synthesise an offline English speech corpus with eSpeak NG: WAV files plus manifest.json.
@@ -81,7 +76,6 @@ def speech(
         )
 
 
-@app.command()
 def sample(
     checkpoint: str = typer.Argument(
         ..., help="a local WaveNet checkpoint folder (holding wavenet.pt) or file:// URI; s3:// not yet"

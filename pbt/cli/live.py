@@ -12,8 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from pbt.analysis.status import Overview
+from pbt.study_state import StudyState
 
-_STATE_STYLE = {"finished": "green", "paused": "yellow", "pausing": "yellow", "running": "cyan", "idle": "dim"}
+_STATE_STYLE = {
+    StudyState.FINISHED: "green",
+    StudyState.PAUSED: "yellow",
+    StudyState.PAUSING: "yellow",
+    StudyState.RUNNING: "cyan",
+    StudyState.IDLE: "dim",
+}
 
 
 def duration(seconds: float) -> str:
@@ -31,17 +38,11 @@ def render(ov: Overview) -> RenderableType:
     """The overview as a rich renderable: header, budget bar, trials, best, workers."""
     head = Text.assemble(
         ("study ", ""), (ov.study, "bold"), (f" ({ov.algorithm}) — ", ""),
-        (ov.state, _STATE_STYLE.get(ov.state, "")),
+        (ov.state.value, _STATE_STYLE[ov.state]),
     )
     lines: list[RenderableType] = [head]
-    frac = ov.fraction
-    budget = []
-    if ov.budget_steps:
-        budget.append(f"{ov.steps_done:,} / {ov.budget_steps:,} steps")
-    else:
-        budget.append(f"{ov.steps_done:,} steps")
-    if ov.budget_trials:
-        budget.append(f"{ov.completed} / {ov.budget_trials} trials")
+    frac = ov.budget.fraction
+    budget = ov.budget.parts()
     if frac is not None:
         budget.append(f"{100 * frac:.0f}%")
     if ov.steps_per_second is not None:
@@ -82,7 +83,7 @@ def watch(load: Callable[[], Overview], interval: float, console) -> Overview:
     ov = load()
     with Live(render(ov), console=console, refresh_per_second=4, transient=False) as live:
         try:
-            while ov.state not in ("finished", "paused"):
+            while not ov.state.settled:
                 time.sleep(interval)
                 ov = load()
                 live.update(render(ov))

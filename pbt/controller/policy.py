@@ -102,10 +102,6 @@ class Policy(ABC):
             return spent + steps <= self.budget.total_steps
         return True
 
-    def best(self, trials: Sequence[Trial]) -> Trial | None:
-        usable = [t for t in trials if t.usable]
-        return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
-
 
 class FromScratch(Policy):
     """Base of the baselines whose trials each train from scratch (random, grid, bayes).

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pbt.errors import NotFoundError, StorageError
+from pbt.storage import open_object_store
 from pbt.storage.base import ObjectStore
 from pbt.storage.keys import join, validate_name
 from pbt.trial import Trial
@@ -148,13 +149,12 @@ def _segment_name(seq: int) -> str:
     return f"{seq:012d}.json"
 
 
-def open_study(storage: str, study: str) -> StudyStore:
-    """The store of an existing study: what ``pbt status``, ``report``, ``stop`` and ``resume`` read.
+def open_study_store(storage: str, study: str) -> StudyStore:
+    """The store of an existing study in ``storage`` (a path, ``file://`` or ``s3://`` URI).
 
-    Raises NotFoundError naming the study and the storage when there is no such study.
+    Raises NotFoundError naming the study and the storage when there is no such study. Readers
+    want :func:`pbt.analysis.study.open_study`, which also reads what the store holds.
     """
-    from pbt.storage import open_object_store
-
     store = StudyStore(open_object_store(storage), study)
     store.read_spec()
     return store

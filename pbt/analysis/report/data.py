@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pbt.analysis.budget import BudgetUse
 from pbt.lineage import best_trial, lineage, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
+from pbt.study_state import study_state
 from pbt.trial import Timings, Trial
 
 PHASES: tuple[str, ...] = tuple(Timings.model_fields)
@@ -141,7 +143,7 @@ class ReportData:
     algorithm: str
     metric: str
     mode: str
-    state: str  # finished | paused | in progress
+    state: str  # StudyState.summary: finished | paused | in progress
     generated_at: float
     parameters: list[str]
     counts: dict[str, int]
@@ -168,6 +170,10 @@ class ReportData:
     @property
     def trials(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def budget(self) -> BudgetUse:
+        return BudgetUse(self.steps_done, self.counts.get("completed", 0), self.budget_steps, self.budget_trials)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able data; non-finite objectives were dropped when the series were built."""
@@ -225,8 +231,8 @@ def prepare(
     totals = {p: sum(x.seconds[p] for x in times) for p in PHASES}
 
     notes = []
-    if any(not t.status.terminal for t in trials):
-        running = sum(1 for t in trials if not t.status.terminal)
+    running = sum(1 for t in trials if not t.status.terminal)
+    if running:
         notes.append(f"{running} trial(s) still pending or running: their curves and bars are partial.")
     if not member_rows and trials:
         notes.append("trials have no population member (not a PBT study): tree rows are trial numbers.")
@@ -236,7 +242,7 @@ def prepare(
         algorithm=spec.algorithm.name,
         metric=metric,
         mode=spec.objective.mode,
-        state=_state(trials, state),
+        state=study_state(running, state).summary,
         generated_at=time.time(),
         parameters=list(spec.parameters),
         counts=dict(sorted(counts.items())),
@@ -281,16 +287,6 @@ def _points(t: Trial, metric: str) -> tuple[list[int], list[float]]:
             steps.append(m.lineage_step)
             values.append(float(v))
     return steps, values
-
-
-def _state(trials: Sequence[Trial], state: dict[str, Any] | None) -> str:
-    state = state or {}
-    active = any(not t.status.terminal for t in trials)
-    if state.get("finished") and not active:
-        return "finished"
-    if state.get("paused") and not active:
-        return "paused"
-    return "in progress"
 
 
 def _schedules(

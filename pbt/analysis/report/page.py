@@ -63,13 +63,6 @@ def _figure(name: str, png: bytes, alt: str, caption: str) -> str:
 def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
     """The whole page for ``data``; ``figures`` maps PNG file names to their bytes."""
     when = dt.datetime.fromtimestamp(data.generated_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    budget = []
-    if data.budget_steps:
-        budget.append(f"{data.steps_done:,} / {data.budget_steps:,} steps")
-    else:
-        budget.append(f"{data.steps_done:,} steps")
-    if data.budget_trials:
-        budget.append(f"{data.counts.get('completed', 0)} / {data.budget_trials} trials completed")
     counts = ", ".join(f"{v} {k}" for k, v in data.counts.items()) or "none yet"
     best = f"{fmt(data.best_objective)} ({data.best})" if data.best else "none yet"
     summary = [
@@ -77,7 +70,7 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
         ("algorithm", data.algorithm),
         ("objective", f"{data.metric} ({data.mode})"),
         ("trials", f"{data.trials}: {counts}"),
-        ("budget", "; ".join(budget)),
+        ("budget", "; ".join(data.budget.parts(trials_word="trials completed"))),
         ("best", best),
         ("best lineage", f"{len(data.best_lineage)} trials, {len(data.exploits)} exploits in the study"),
     ]
