@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pbt.names import validate_name
 from pbt.space import SearchSpace
-from pbt.storage.keys import validate_name
 from pbt.urls import redact_url
 
 

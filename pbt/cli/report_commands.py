@@ -27,7 +27,7 @@ def report(
     """
     with cli_errors():
         from pbt.analysis.report import report_study
-        from pbt.storage.keys import validate_name
+        from pbt.names import validate_name
 
         target = out_dir or Path("reports", validate_name(study, "study name"))
         rep = report_study(study, storage, target)

@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pbt.errors import NotFoundError, StorageError
+from pbt.names import validate_name
 from pbt.storage import open_object_store
 from pbt.storage.base import ObjectStore
-from pbt.storage.keys import join, validate_name
+from pbt.storage.keys import join
 from pbt.trial import Trial
 
 _SNAPSHOT = "snapshot.json.gz"
