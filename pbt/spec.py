@@ -10,6 +10,7 @@ will use them and resolving the trainer's import path happen one level up, in
 from __future__ import annotations
 
 import keyword
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,7 +29,15 @@ class Objective(_Model):
     mode: Literal["min", "max"]
 
     def better(self, a: float, b: float) -> bool:
-        """True when value ``a`` is strictly better than ``b``."""
+        """True when value ``a`` is strictly better than ``b``.
+
+        A non-finite value (NaN, +inf, -inf) is the worst possible value in either mode: it is
+        never better than anything, and every finite value is better than it.
+        """
+        if not math.isfinite(a):
+            return False
+        if not math.isfinite(b):
+            return True
         return a < b if self.mode == "min" else a > b
 
     def sign(self) -> float:
@@ -65,6 +74,13 @@ class Execution(_Model):
     evaluate_every_checkpoint: bool = True
     trial_timeout: float | None = Field(default=None, gt=0, description="seconds before an attempt is killed")
     max_attempts: int = Field(default=3, ge=1, description="attempts per trial before it is marked failed")
+    max_failed_trials: int | None = Field(
+        default=None, ge=1, description="end the study once this many trials have failed (default: no limit)"
+    )
+    max_initial_failures: int | None = Field(
+        default=None, ge=1,
+        description="end the study when this many trials failed before any completed (default: max(3, parallelism))",
+    )
     ordering: Literal["deterministic", "arrival"] = Field(
         default="deterministic",
         description="apply results in trial order (reproducible) or as they arrive (no waiting on stragglers)",
@@ -78,6 +94,11 @@ class Execution(_Model):
     @classmethod
     def _queue_name(cls, v: str) -> str:
         return validate_name(v, "queue name")
+
+    @property
+    def initial_failure_limit(self) -> int:
+        """Failed trials, before any completed, that end the study (``max_initial_failures``)."""
+        return self.max_initial_failures or max(3, self.parallelism)
 
 
 class StudySpec(_Model):

@@ -171,6 +171,7 @@ def test_pause_records_results_but_decides_nothing_until_resumed(tmp_path):
 def test_early_stop_decisions_reach_the_executor_once_with_their_reason(tmp_path):
     c, ex, _ = make(tmp_path, execution={"parallelism": 2})
     c.policy.early_stop = lambda view: [EarlyStopDecision("t000001", "clearly worse")]
+    c.stopping.per_tick = True  # as for a policy class that overrides early_stop
     tick(c, ex)
     tick(c, ex)
     assert ex.stops == ["t000001"]

@@ -19,7 +19,7 @@ from typing import Any
 from pbt.analysis.budget import BudgetUse
 from pbt.lineage import best_trial
 from pbt.spec import StudySpec
-from pbt.study_state import StudyState, study_state
+from pbt.study_state import Ending, StudyState, ending, study_state
 from pbt.trial import Trial, TrialStatus
 
 #: Seconds over which the progress rate (and so the ETA) is measured, and a worker counts as seen.
@@ -47,6 +47,7 @@ class Overview:
     idle: list[str] = field(default_factory=list)
     steps_per_second: float | None = None
     eta_seconds: float | None = None
+    ending: Ending | None = None  # how the controller's last run ended, once it has
 
     @property
     def steps_done(self) -> int:
@@ -75,6 +76,7 @@ def overview(
         metric=spec.objective.metric,
         mode=spec.objective.mode,
         state=study_state(len(in_flight), state, control),
+        ending=None if in_flight else ending(state),
         trials=len(trials),
         counts=dict(sorted(counts.items())),
         budget=BudgetUse.of(spec.budget, trials),

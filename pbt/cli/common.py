@@ -16,9 +16,12 @@ from pbt.errors import PbtError, SpecError, StudyLockedError
 console = Console(stderr=True)
 out = Console()
 
-EXIT_FAILURE = 1
+# Exit statuses, the same for `pbt run`, `pbt resume` and their --json output (README, "Exit status").
+EXIT_OK = 0  # the study ended with a best trial
+EXIT_FAILURE = 1  # the study failed (a fatal error, too many failures, no trial completed), or another error
 EXIT_USAGE = 2  # bad study file or flags, as Click uses for usage errors
-EXIT_LOCKED = 3
+EXIT_LOCKED = 3  # another controller drives this study
+EXIT_PAUSED = 4  # paused with `pbt stop`: `pbt resume` continues it
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")

@@ -41,6 +41,9 @@ def render(ov: Overview) -> RenderableType:
         (ov.state.value, _STATE_STYLE[ov.state]),
     )
     lines: list[RenderableType] = [head]
+    if ov.ending is not None:
+        style = {"succeeded": "green", "failed": "red"}.get(ov.ending.outcome.value, "yellow")
+        lines.append(Text.assemble(("ended ", ""), (ov.ending.summary(), style)))
     frac = ov.budget.fraction
     budget = ov.budget.parts()
     if frac is not None:

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pbt.cli.common import EXIT_FAILURE, cli_errors, console, out, setup_logging
+from pbt.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_PAUSED, cli_errors, console, out, setup_logging
 from pbt.cli.options import (
     EmbeddedWorkers,
     Quiet,
@@ -47,8 +47,13 @@ def run(
 
 
 def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -> None:
-    """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike."""
+    """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike.
+
+    Exits with the study's status (README, "Exit status"): 0 with a best trial, 1 when it failed,
+    4 when paused.
+    """
     from pbt.launch import run_study
+    from pbt.study_state import Outcome
     from pbt.urls import redact_url
 
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
@@ -59,13 +64,44 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -
     finally:
         if progress:
             progress.stop()
-    if snapshot.paused:
+    code = {Outcome.SUCCEEDED: EXIT_OK, Outcome.PAUSED: EXIT_PAUSED}.get(snapshot.outcome, EXIT_FAILURE)
+    if json_out:
+        _print_json_outcome(spec, snapshot, code)
+    elif snapshot.outcome is Outcome.PAUSED:
         resume = f"pbt resume {spec.name} --storage {spec.storage}"
         console.print(f"study {spec.name} paused; continue it with `{resume}`")
-        return
-    _print_outcome(spec, json_out)
-    if not snapshot.finished:
-        raise typer.Exit(EXIT_FAILURE)
+    elif snapshot.outcome is Outcome.SUCCEEDED:
+        _print_outcome(spec)
+    elif snapshot.outcome is Outcome.FAILED:
+        _print_failure(spec, snapshot)
+    else:
+        console.print(f"study {spec.name} stopped before it ended; run the same command to continue")
+    if code != EXIT_OK:
+        raise typer.Exit(code)
+
+
+def _print_failure(spec, snapshot) -> None:
+    """Why the study failed: the reason, the trial's error with its traceback, what to do next."""
+    console.print(f"[red]study {spec.name} failed:[/red] {snapshot.message}", highlight=False)
+    if snapshot.error and snapshot.error.strip() != (snapshot.message or "").strip():
+        console.print(snapshot.error.rstrip(), markup=False, highlight=False)
+    console.print(f"({snapshot.reason.text}; `pbt status {spec.name} --storage {spec.storage}` shows every trial)",
+                  highlight=False)
+
+
+def _print_json_outcome(spec, snapshot, code: int) -> None:
+    from pbt.analysis.study import open_study
+    from pbt.lineage import trial_json
+
+    stored = open_study(spec.storage, spec.name)
+    best = stored.best
+    print(json.dumps({
+        "study": spec.name, "storage": spec.storage,
+        "outcome": str(snapshot.outcome) if snapshot.outcome else None,
+        "reason": str(snapshot.reason) if snapshot.reason else None,
+        "message": snapshot.message, "exit_code": code,
+        "best": trial_json(best) if best else None, "trials": len(stored.trials),
+    }))
 
 
 def status(
@@ -139,19 +175,12 @@ class _ProgressView:
         self.progress.stop()
 
 
-def _print_outcome(spec, json_out: bool) -> None:
+def _print_outcome(spec) -> None:
     from pbt.analysis.study import open_study
-    from pbt.lineage import lineage, schedule, trial_json
+    from pbt.lineage import lineage, schedule
 
     stored = open_study(spec.storage, spec.name)
     best = stored.best
-    if json_out:
-        print(json.dumps({"study": spec.name, "storage": spec.storage, "best": trial_json(best) if best else None,
-                          "trials": len(stored.trials)}))
-        return
-    if best is None:
-        console.print("[red]no trial completed[/red]; see `pbt status` for the failures")
-        return
     console.print(
         f"\nbest trial [bold]{best.id}[/bold] {spec.objective.metric} = [bold green]{best.objective:.6g}"
         f"[/bold green] after {best.lineage_steps} steps along its lineage (generation {best.generation})"

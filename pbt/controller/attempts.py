@@ -149,8 +149,23 @@ class Attempts:
             self.stop_sent.add(decision.trial_id)
             trial = self.ledger.get(decision.trial_id)
             if trial is not None:
-                self.ledger.update(trial, metadata={**trial.metadata, "stop_reason": decision.reason})
+                stop = {"stop_reason": decision.reason}
+                if decision.step is not None:
+                    stop["stop_step"] = decision.step
+                self.ledger.update(trial, metadata={**trial.metadata, **stop})
             self.executor.stop(task)
+
+    def abandon(self, reason: str) -> None:
+        """The study ends now: stop every attempt in flight and record its trial as stopped."""
+        for trial_id, task in list(self.tasks.items()):
+            self.executor.stop(task)
+            trial = self.ledger.get(trial_id)
+            if trial is not None and not trial.status.terminal:
+                self.ledger.update(trial, status=TrialStatus.STOPPED, error=f"the study ended: {reason}",
+                                   finished_at=self.clock())
+        self.tasks.clear()
+        self.last_seen.clear()
+        self.outbox.clear()
 
     # Tasks ----------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ All parts are deterministic given the ``numpy`` generator they are handed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +68,9 @@ class Population:
 
 
 class Selection(Protocol):
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        """Whether the initiator can be decided now (else its member waits)."""
+
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
         """The trial the initiator's member should copy, or None to continue from its own."""
 
@@ -84,6 +87,9 @@ class Tournament:
     """
 
     generations: int = 2
+
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        return True  # asynchronous: a member never waits for the others
 
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
         view, low, high = population.view, initiator.generation - self.generations + 1, initiator.generation
@@ -110,18 +116,47 @@ class Tournament:
         return {t.id for t in population.view.usable_in(oldest, newest)}
 
 
-@dataclass(frozen=True)
 class Truncation:
-    """Rank members by their latest usable trial; the bottom ``fraction`` copies the top one."""
+    """Truncation selection at equal training progress (Jaderberg et al. 2017, section 3.1).
 
-    fraction: float = 0.2
+    A member whose trial of generation ``g`` has ended is decided once every member has started
+    and no member's trial of generation ``g`` or less is still running. Then the members are
+    ranked by their latest usable trial of generation ``g`` or less — like with like, whatever
+    the parallelism and whatever order results arrive in — and a member in the bottom
+    ``fraction`` (rounded, at least one) copies a random member of the top ``fraction``; the
+    others keep training. A failed initiator always copies. So about ``fraction`` of the
+    decisions are exploits, at parallelism 2 as at parallelism = population size; the price is
+    that a member waits for the slowest member of its generation (tournament never waits).
+    """
 
-    def _ranked(self, population: Population) -> list[Trial]:
-        latest = [t for t in population.latest.values() if t.usable]
-        return sorted(latest, key=lambda t: (-population.fitness(t), t.number))
+    def __init__(self, fraction: float = 0.2, population_size: int = 2) -> None:
+        self.fraction = fraction
+        self.population_size = population_size
+        self._memo: dict[tuple[int, int, int], list[Trial]] = {}
+
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        return (len(population.latest) >= self.population_size
+                and population.view.running_up_to(initiator.generation) == 0)
+
+    def _ranked(self, population: Population, generation: int) -> list[Trial]:
+        """Each member's latest usable trial of at most ``generation``, best first.
+
+        Once a generation is ready nothing of it changes, so the ranking is computed once per
+        generation (keyed by how many member trials of at most that generation exist).
+        """
+        view = population.view
+        key = (id(view), generation, view.trials_up_to(generation))
+        ranked = self._memo.get(key)
+        if ranked is None:
+            latest = [t for m in population.latest if (t := _latest_usable(view.member_trials(m), generation))]
+            ranked = sorted(latest, key=lambda t: (-population.fitness(t), t.number))
+            if len(self._memo) > 8:
+                self._memo.clear()
+            self._memo[key] = ranked
+        return ranked
 
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
-        ranked = self._ranked(population)
+        ranked = self._ranked(population, initiator.generation)
         cut = max(1, round(len(ranked) * self.fraction))
         bottom = {t.id for t in ranked[-cut:]}
         if initiator.usable and (len(ranked) < 2 or initiator.id not in bottom):
@@ -130,7 +165,25 @@ class Truncation:
         return top[int(rng.integers(len(top)))] if top else None
 
     def window(self, population: Population) -> set[str]:
-        return {t.id for t in self._ranked(population)}
+        """Every trial a ranking of a generation still to be decided may put on top."""
+        if not population.latest:
+            return set()
+        oldest = min(t.generation for t in population.latest.values())
+        keep: set[str] = set()
+        for member in population.latest:
+            for t in reversed(population.view.member_trials(member)):
+                if t.usable:
+                    keep.add(t.id)
+                    if t.generation <= oldest:
+                        break
+        return keep
+
+
+def _latest_usable(history: Sequence[Trial], generation: int) -> Trial | None:
+    for t in reversed(history):
+        if t.generation <= generation and t.usable:
+            return t
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pbt.errors import FatalError
 from pbt.lineage import is_better
 from pbt.spec import Objective
 from pbt.storage.study_store import StudyStore
+from pbt.study_state import EndReason, Outcome
 from pbt.trial import Progress, Suggestion, Trial, TrialResult, TrialStatus
 
 log = logging.getLogger("pbt.controller")
@@ -40,6 +41,10 @@ class Snapshot:
     elapsed: float
     gc_bytes_freed: int = 0
     paused: bool = False  # `pbt stop` asked to pause and nothing is in flight any more
+    outcome: Outcome | None = None  # once the run ended: did it produce a result
+    reason: EndReason | None = None  # ... and what ended it
+    message: str | None = None  # one line for people when the outcome is a failure
+    error: str | None = None  # the failed trial's whole error (with its traceback), if one caused it
 
 
 class Ledger:

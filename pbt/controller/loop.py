@@ -22,21 +22,23 @@ import logging
 import time
 from collections.abc import Callable
 
-from pbt.controller.attempts import Attempts
+from pbt.controller.attempts import Attempts, first_line
 from pbt.controller.control import Control
+from pbt.controller.failures import Abort, FailureRules
 from pbt.controller.gc import CheckpointCollector, GarbageCollector
 from pbt.controller.lease import Lease
 from pbt.controller.ledger import Ledger, Snapshot
 from pbt.controller.ordering import make_ordering
 from pbt.controller.policies import make_policy
-from pbt.controller.policy import as_decisions
-from pbt.errors import SpecError, TemporaryPolicyError
+from pbt.controller.stopping import EarlyStopping
+from pbt.errors import SpecError, StudyFailedError, TemporaryPolicyError
 from pbt.spec import StudySpec
 from pbt.storage.base import ObjectStore
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.study_store import StudyStore
+from pbt.study_state import EndReason, Outcome
 from pbt.tasks.executor import Event, Executor
-from pbt.trial import Progress, Suggestion
+from pbt.trial import FailureScope, Progress, Suggestion, Trial, TrialStatus
 
 log = logging.getLogger("pbt.controller")
 
@@ -72,6 +74,9 @@ class Controller:
         self.ordering = make_ordering(spec.execution.ordering, self.ledger)
         self.attempts = Attempts(spec, executor, self.ledger, objects.uri, clock)
         self.control = Control(self.store, clock)
+        self.failures = FailureRules(spec.execution, self.ledger)
+        self.stopping = EarlyStopping(self.policy, self.ordering, self.ledger, self.attempts)
+        self.abort: Abort | None = None  # set when the study cannot succeed: the run ends now
         self.gc = GarbageCollector(
             CheckpointCollector(CheckpointStore(objects), spec.name), self.ledger, self._gc_roots, clock,
             interval=gc_interval, enabled=not spec.execution.keep_checkpoints,
@@ -106,10 +111,14 @@ class Controller:
         for event in events:
             self._handle(event)
         self.control.refresh()
-        self._decide()
-        for ended in self.attempts.check_leases():
-            self.gc.track(ended)
-        self.attempts.stop(as_decisions(self.policy.early_stop(self.ordering.view)))
+        if self.abort is None:
+            self._decide()
+        if self.abort is None:
+            for ended in self.attempts.check_leases():
+                self._ended(ended, FailureScope.TRIAL)
+            self.stopping.tick()
+        if self.abort is not None:
+            self.attempts.abandon(self.abort.message)
         self.gc.collect()
         self.ledger.flush()  # one durable write per tick, then acks and publications
         self.attempts.send()
@@ -118,8 +127,11 @@ class Controller:
 
     def snapshot(self) -> Snapshot:
         in_flight = self.attempts.in_flight
+        paused = self.control.paused and not in_flight and self.abort is None
+        finished = self.abort is not None or (not in_flight and self.exhausted and not self.control.paused)
+        outcome, reason, message, error = self._ending() if finished or paused else (None, None, None, None)
         return Snapshot(
-            paused=self.control.paused and not in_flight,
+            paused=paused,
             trials=len(self.ledger),
             by_status={k: v for k, v in self.ledger.counts.items() if v},
             steps_done=self.ledger.steps_done,
@@ -127,10 +139,32 @@ class Controller:
             budget_trials=self.spec.budget.max_trials,
             best=self.ledger.best,
             in_flight=in_flight,
-            finished=not in_flight and self.exhausted and not self.control.paused,
+            finished=finished,
             elapsed=self.clock() - self.started,
             gc_bytes_freed=self.gc.bytes_freed,
+            outcome=outcome,
+            reason=reason,
+            message=message,
+            error=error,
         )
+
+    def _ending(self) -> tuple[Outcome, EndReason, str | None, str | None]:
+        """Why the run ends: ``(outcome, reason, one line for people, the trial's whole error)``."""
+        if self.abort is not None:
+            return Outcome.FAILED, self.abort.reason, self.abort.message, self.abort.error
+        if self.control.paused:
+            return Outcome.PAUSED, EndReason.PAUSED, None, None
+        if self.ledger.best is None:
+            failed = next((t for t in self.ledger if t.status is TrialStatus.FAILED), None)
+            why = f"; the first failure: {first_line(failed.error)}" if failed else ""
+            return Outcome.FAILED, EndReason.NO_USABLE_TRIAL, f"no trial completed{why}", failed and failed.error
+        budget = self.spec.budget
+        if budget.max_trials is not None and len(self.ledger) >= budget.max_trials:
+            return Outcome.SUCCEEDED, EndReason.MAX_TRIALS, None, None
+        last = self.ledger[len(self.ledger) - 1].steps if len(self.ledger) else 1
+        if budget.total_steps is not None and self.ordering.view.committed_steps + last > budget.total_steps:
+            return Outcome.SUCCEEDED, EndReason.TOTAL_STEPS, None, None
+        return Outcome.SUCCEEDED, EndReason.ALGORITHM, None, None
 
     # Start and end --------------------------------------------------------------------------
 
@@ -163,8 +197,10 @@ class Controller:
         """Final garbage collection, the last records, and the study's state document."""
         self.gc.collect(final=True)
         self.ledger.flush()
+        ending = {"outcome": snapshot.outcome, "reason": snapshot.reason, "message": snapshot.message,
+                  "error": snapshot.error} if snapshot.outcome else {}
         self.store.write_doc("state", {
-            "finished": snapshot.finished, "paused": snapshot.paused, "at": self.clock(),
+            "finished": snapshot.finished, "paused": snapshot.paused, **ending, "at": self.clock(),
             "best": self.ledger.best.id if self.ledger.best else None, "gc_bytes_freed": self.gc.bytes_freed,
             "checkpoints_kept": sum(1 for t in self.ledger if t.checkpoint and not t.checkpoint_deleted),
         })
@@ -179,10 +215,19 @@ class Controller:
             return  # a duplicate delivery, or a late attempt of a finished trial: recorded once
         if isinstance(message, Progress):
             self.attempts.on_progress(trial, message)
-        else:
-            ended = self.attempts.on_result(trial, message)
-            if ended is not None:
-                self.gc.track(ended)
+            self.stopping.on_progress(self.ledger[trial.number])
+            return
+        trial, result = self.stopping.on_result(trial, message)
+        ended = self.attempts.on_result(trial, result)
+        if ended is not None:
+            self._ended(ended, result.scope)
+
+    def _ended(self, trial: Trial, scope: FailureScope) -> None:
+        self.gc.track(trial)
+        if self.abort is None:
+            self.abort = self.failures.check(trial, scope)
+            if self.abort is not None:
+                log.error("study %s cannot succeed: %s", self.spec.name, self.abort.message)
 
     def _decide(self) -> None:
         """Apply what the ordering allows and ask the policy to fill the free slots at each point."""
@@ -212,6 +257,9 @@ class Controller:
             return self.policy.suggest(self.ordering.view, free)
         except TemporaryPolicyError as exc:
             log.warning("policy %s cannot decide yet (%s); asking again next tick", self.spec.algorithm.name, exc)
+            return None
+        except StudyFailedError as exc:
+            self.abort = Abort(EndReason.FATAL_ERROR, f"policy {self.spec.algorithm.name}: {exc}")
             return None
 
     def _gc_roots(self) -> set[str]:

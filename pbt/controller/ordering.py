@@ -15,6 +15,11 @@ for new trials.
 
 Each created trial records the position it was created at (``metadata.created_after``); a
 resumed controller restarts the deterministic sequence from there.
+
+What the policy sees of a trial is :func:`seen`: a trial not yet applied shows as running with
+only its intermediate evaluations (never its final result), and a trial stopped early shows the
+steps up to the evaluation that stopped it (``metadata.stop_step``), not the few more its worker
+may have trained before it noticed — so what the policy sees never depends on timing.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class Deterministic(Ordering):
         self.frontier = max((t.metadata.get("created_after", 0) for t in trials), default=0)
         self.last_step = self.frontier if trials else -1
         for trial in trials:
-            self.view.append(trial if trial.number < self.frontier else placeholder(trial))
+            self.view.append(seen(trial) if trial.number < self.frontier else placeholder(trial))
 
     def decision_points(self) -> Iterator[None]:
         trials = self.ledger.trials
@@ -83,7 +88,7 @@ class Deterministic(Ordering):
                 self.last_step = self.frontier
                 yield
             if self.frontier < len(trials) and trials[self.frontier].status.terminal:
-                self.view.replace(trials[self.frontier])
+                self.view.replace(seen(trials[self.frontier]))
                 self.frontier += 1
                 continue
             return
@@ -104,7 +109,9 @@ class Deterministic(Ordering):
         if old is None:
             self.view.append(placeholder(new))
         elif new.number < self.frontier:
-            self.view.replace(new)
+            self.view.replace(seen(new))
+        elif len(new.metrics) != len(old.metrics):
+            self.view.replace(placeholder(new))  # an intermediate evaluation arrived
 
 
 class Arrival(Ordering):
@@ -114,7 +121,7 @@ class Arrival(Ordering):
 
     def restore(self) -> None:
         for trial in self.ledger.trials:
-            self.view.append(trial)
+            self.view.append(seen(trial))
 
     def decision_points(self) -> Iterator[None]:
         if self.pending:
@@ -132,9 +139,9 @@ class Arrival(Ordering):
 
     def _changed(self, old: Trial | None, new: Trial) -> None:
         if old is None:
-            self.view.append(new)
+            self.view.append(seen(new))
             return
-        self.view.replace(new)
+        self.view.replace(seen(new))
         if new.status.terminal and not old.status.terminal:
             self.pending = True
 
@@ -147,5 +154,19 @@ def make_ordering(name: str, ledger: Ledger) -> Ordering:
 
 
 def placeholder(trial: Trial) -> Trial:
-    """The policy's view of a trial whose result is not applied yet: still running."""
-    return trial.model_copy(update={"status": TrialStatus.RUNNING, "objective": None, "metrics": [], "steps_done": 0})
+    """The policy's view of a trial whose result is not applied yet: still running, with the
+    intermediate evaluations it reported so far and none of its final result."""
+    intermediate = [m for m in trial.metrics if m.step < trial.steps]
+    return trial.model_copy(update={
+        "status": TrialStatus.RUNNING, "objective": None, "metrics": intermediate,
+        "steps_done": intermediate[-1].step if intermediate else 0,
+    })
+
+
+def seen(trial: Trial) -> Trial:
+    """The policy's view of an applied trial: as recorded, but a trial stopped early shows the
+    steps up to the evaluation that stopped it."""
+    stop_step = trial.metadata.get("stop_step")
+    if trial.status is TrialStatus.STOPPED and stop_step is not None and stop_step != trial.steps_done:
+        return trial.model_copy(update={"steps_done": int(stop_step)})
+    return trial

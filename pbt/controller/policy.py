@@ -28,15 +28,20 @@ from pydantic import BaseModel, ConfigDict
 
 from pbt.controller.view import TrialView
 from pbt.spec import StudySpec
-from pbt.trial import Suggestion, Trial
+from pbt.trial import Suggestion, Trial, TrialStatus
 
 
 @dataclass(frozen=True)
 class EarlyStopDecision:
-    """Stop running trial ``trial_id`` now, because of ``reason`` (shown in records and reports)."""
+    """Stop running trial ``trial_id`` now, because of ``reason`` (shown in records and reports).
+
+    ``step``: the trial's step at the evaluation the decision was made on, when known; the
+    trial is charged the steps up to there.
+    """
 
     trial_id: str
     reason: str
+    step: int | None = None
 
 
 def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDecision]:
@@ -48,6 +53,34 @@ def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDeci
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Room:
+    """The budget left for one ``suggest`` call, in O(1) per check.
+
+    ``budget.max_trials`` counts every trial created, failed and stopped ones included;
+    ``budget.total_steps`` counts the steps trials hold (:func:`~pbt.controller.view.committed`).
+    """
+
+    def __init__(self, max_trials: int | None, total_steps: int | None, trials: int, steps: int) -> None:
+        self.trials_left = None if max_trials is None else max_trials - trials
+        self.steps_left = None if total_steps is None else total_steps - steps
+
+    def fits(self, steps: int) -> bool:
+        """Whether one more trial of ``steps`` steps fits."""
+        return (self.trials_left is None or self.trials_left > 0) and (
+            self.steps_left is None or steps <= self.steps_left
+        )
+
+    def take(self, steps: int) -> bool:
+        """Reserve one trial of ``steps`` steps if it fits; whether it did."""
+        if not self.fits(steps):
+            return False
+        if self.trials_left is not None:
+            self.trials_left -= 1
+        if self.steps_left is not None:
+            self.steps_left -= steps
+        return True
 
 
 class Policy(ABC):
@@ -66,9 +99,41 @@ class Policy(ABC):
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""
 
+    def should_stop(self, trial: Trial, trials: Sequence[Trial]) -> str | None:
+        """Why running ``trial`` should stop, judged on its latest intermediate evaluation, or None.
+
+        The controller asks once per intermediate evaluation of every running trial, in step
+        order — also for evaluations of a trial whose result arrived before they were judged, so
+        a fast trial is judged exactly like a slow one. For a decision that is the same in every
+        run of a seed, compare ``trial`` only with :meth:`peers`. Default: never stop.
+        """
+        return None
+
     def early_stop(self, trials: Sequence[Trial]) -> list[EarlyStopDecision]:
-        """Running trials that should stop now, each with its reason. Default: none."""
-        return []
+        """Running trials that should stop now, each with its reason (the paper's
+        GetEarlyStoppingTrials). Default: :meth:`should_stop` on each running trial that has
+        reported an evaluation. The controller calls :meth:`should_stop` itself when a policy
+        overrides it, and this method every tick when a policy overrides only this one."""
+        out = []
+        for trial in trials:
+            if trial.status is TrialStatus.RUNNING and trial.metrics:
+                reason = self.should_stop(trial, trials)
+                if reason is not None:
+                    out.append(EarlyStopDecision(trial.id, reason, trial.metrics[-1].step))
+        return out
+
+    def peers(self, trial: Trial, trials: Sequence[Trial]) -> list[Trial]:
+        """Usable trials an early-stopping decision about ``trial`` may compare it with.
+
+        In deterministic ordering, the trials the policy had seen when ``trial`` was created
+        (numbered below its ``metadata.created_after``): they are final, so the decision is the
+        same in every run of the seed, embedded or distributed, however fast the workers are.
+        In arrival ordering, every usable trial seen so far.
+        """
+        if self.spec.execution.ordering == "deterministic":
+            limit = min(int(trial.metadata.get("created_after", 0)), len(trials))
+            return [t for t in trials[:limit] if t.usable]
+        return [t for t in trials if t.usable and t.id != trial.id]
 
     def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
         """Trials whose checkpoints a future suggestion may warm-start from (kept by GC).
@@ -90,17 +155,17 @@ class Policy(ABC):
         return self.objective.sign() * trial.objective
 
     def committed_steps(self, trials: Sequence[Trial]) -> int:
-        """Steps spent or promised: failed and stopped trials count what they actually trained."""
+        """Steps held against ``budget.total_steps`` (see :func:`pbt.controller.view.committed`)."""
         return TrialView.of(trials).committed_steps
+
+    def room(self, trials: Sequence[Trial]) -> Room:
+        """What the budget still admits after ``trials``: ask it once per suggestion."""
+        return Room(self.budget.max_trials, self.budget.total_steps, len(trials), self.committed_steps(trials))
 
     def room_for(self, trials: Sequence[Trial], new: Sequence[Suggestion], steps: int) -> bool:
         """Whether the budget admits one more trial of ``steps`` after ``new`` suggestions."""
-        if self.budget.max_trials is not None and len(trials) + len(new) >= self.budget.max_trials:
-            return False
-        if self.budget.total_steps is not None:
-            spent = self.committed_steps(trials) + sum(s.steps for s in new)
-            return spent + steps <= self.budget.total_steps
-        return True
+        room = self.room(trials)
+        return all(room.take(s.steps) for s in new) and room.fits(steps)
 
 
 class FromScratch(Policy):

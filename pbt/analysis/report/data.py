@@ -23,7 +23,7 @@ from pbt.analysis.budget import BudgetUse
 from pbt.lineage import best_trial, lineage, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
-from pbt.study_state import study_state
+from pbt.study_state import ending, study_state
 from pbt.trial import Timings, Trial
 
 PHASES: tuple[str, ...] = tuple(Timings.model_fields)
@@ -144,6 +144,7 @@ class ReportData:
     metric: str
     mode: str
     state: str  # StudyState.summary: finished | paused | in progress
+    ended: str | None  # how the last run ended ("failed: ..."), once it has
     generated_at: float
     parameters: list[str]
     counts: dict[str, int]
@@ -243,6 +244,7 @@ def prepare(
         metric=metric,
         mode=spec.objective.mode,
         state=study_state(running, state).summary,
+        ended=None if running or (end := ending(state)) is None else end.summary(),
         generated_at=time.time(),
         parameters=list(spec.parameters),
         counts=dict(sorted(counts.items())),

@@ -66,7 +66,7 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
     counts = ", ".join(f"{v} {k}" for k, v in data.counts.items()) or "none yet"
     best = f"{fmt(data.best_objective)} ({data.best})" if data.best else "none yet"
     summary = [
-        ("state", data.state),
+        ("state", data.state if data.ended is None else f"{data.state} — {data.ended}"),
         ("algorithm", data.algorithm),
         ("objective", f"{data.metric} ({data.mode})"),
         ("trials", f"{data.trials}: {counts}"),

@@ -96,11 +96,8 @@ class BayesianOptimization(FromScratch):
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         count = 0
-        dummy: list[Suggestion] = []  # room_for counts what this call already promised
-        while count < k and len(trials) + count < self.num_trials:
-            if not self.room_for(trials, dummy, self.steps_per_trial):
-                break
-            dummy.append(Suggestion(params={}, steps=self.steps_per_trial))
+        room = self.room(trials)
+        while count < k and len(trials) + count < self.num_trials and room.take(self.steps_per_trial):
             count += 1
         if count == 0:
             return []  # no Optuna study to build: the common call once the budget is spent

@@ -1,0 +1,62 @@
+"""When a study cannot succeed: the rules that end it early (DESIGN.md, "Failure policy").
+
+Three levels, each with one owner. A *trial* failure is retried up to ``execution.max_attempts``
+(:mod:`pbt.controller.attempts`) and its trial never becomes a parent. A *study* failure ends
+the study at once, with the error and a non-zero exit:
+
+* an error every trial would hit (``FailureScope.STUDY``: the objective metric missing from
+  ``evaluate()``, a trainer that cannot be built from ``trainer.config``, a protocol method
+  with the wrong signature), at its first occurrence;
+* ``execution.max_initial_failures`` trials failed before any trial completed (default
+  ``max(3, parallelism)``: the first wave of trials all failed);
+* ``execution.max_failed_trials`` trials failed in all (default: no limit).
+
+Together with the budget, which charges a failed trial the steps it was given, no trainer can
+make the controller create trials without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pbt.controller.attempts import first_line
+from pbt.controller.ledger import Ledger
+from pbt.spec import Execution
+from pbt.study_state import EndReason
+from pbt.trial import FailureScope, Trial, TrialStatus
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Why the study ends now: the reason, one line for people, and the trial's whole error."""
+
+    reason: EndReason
+    message: str
+    error: str | None = None
+
+
+class FailureRules:
+    def __init__(self, execution: Execution, ledger: Ledger) -> None:
+        self.execution = execution
+        self.ledger = ledger
+
+    def check(self, trial: Trial, scope: FailureScope = FailureScope.TRIAL) -> Abort | None:
+        """Whether the study must end now that ``trial`` has failed with this scope."""
+        if trial.status is not TrialStatus.FAILED:
+            return None
+        error = first_line(trial.error)
+        if scope is FailureScope.STUDY:
+            return Abort(EndReason.FATAL_ERROR,
+                         f"trial {trial.id} failed with an error every trial would hit: {error}", trial.error)
+        failed = self.ledger.counts.get(TrialStatus.FAILED.value, 0)
+        limit = self.execution.max_failed_trials
+        if limit is not None and failed >= limit:
+            return Abort(EndReason.MAX_FAILED_TRIALS,
+                         f"{failed} trials failed (execution.max_failed_trials = {limit}); the last: {error}",
+                         trial.error)
+        initial = self.execution.initial_failure_limit
+        if self.ledger.counts.get(TrialStatus.COMPLETED.value, 0) == 0 and failed >= initial:
+            return Abort(EndReason.INITIAL_FAILURES,
+                         f"the first {failed} trials to end all failed and none completed "
+                         f"(execution.max_initial_failures = {initial}); the last: {error}", trial.error)
+        return None
