@@ -16,8 +16,9 @@ from pbt.errors import TemporaryPolicyError
 from pbt.storage.local import LocalObjectStore
 from pbt.storage.study_store import StudyStore
 from pbt.study_file import parse_spec
+from pbt.study_state import EndReason, Outcome
 from pbt.testing.memory import FakeClock, InMemoryExecutor, NoLease, completed
-from pbt.trial import TrialStatus
+from pbt.trial import FailureScope, MetricReport, TrialResult, TrialStatus
 
 RANDOM = {"name": "random", "options": {"num_trials": 6}}
 
@@ -208,3 +209,118 @@ def test_pbt_runs_generations_and_exploits_in_memory(tmp_path, ordering):
     assert snap.finished and snap.steps_done == 160 and snap.trials == 40
     assert any(t.metadata.get("exploit") for t in c.ledger)
     assert all(t.parent is None or c.ledger.get(t.parent).usable for t in c.ledger)
+
+
+# --- Studies that cannot succeed end fast (issue 10) --------------------------------------------
+
+
+def test_an_error_every_trial_would_hit_ends_the_study_at_its_first_occurrence(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 3})
+    task = ex.task("t000001")
+    ex._answer(TrialResult(study="toy", trial_id="t000001", attempt=task.attempt, status=TrialStatus.FAILED,
+                           error="TrainerContractError: no 'accuracy'", scope=FailureScope.STUDY))
+    snap = tick(c, ex)
+    assert snap.finished and snap.outcome is Outcome.FAILED and snap.reason is EndReason.FATAL_ERROR
+    assert "no 'accuracy'" in snap.message
+    assert sorted(ex.stops) == ["t000000", "t000002"]  # what was in flight is stopped ...
+    assert {t.status for t in c.ledger} == {TrialStatus.FAILED, TrialStatus.STOPPED}  # ... and recorded so
+    assert len(ex.submitted) == 3  # nothing new was published
+
+
+def test_the_first_wave_failing_ends_the_study(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 2, "max_attempts": 1})  # limit: max(3, 2) = 3
+    for trial_id in ("t000000", "t000001", "t000002"):
+        ex.fail(trial_id)
+        snap = tick(c, ex)
+    assert snap.finished and snap.reason is EndReason.INITIAL_FAILURES and len(c.ledger) == 4
+
+
+def test_failures_after_a_success_do_not_trip_the_initial_rule_but_max_failed_trials_does(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 1, "max_attempts": 1, "max_failed_trials": 4},
+                    algorithm={"name": "random", "options": {"num_trials": 20}})
+    ex.complete("t000000", 0.5)
+    tick(c, ex)
+    for n in range(1, 5):
+        ex.fail(f"t{n:06d}")
+        snap = tick(c, ex)
+        assert snap.finished == (n == 4)
+    assert snap.reason is EndReason.MAX_FAILED_TRIALS and snap.outcome is Outcome.FAILED
+
+
+def test_a_failed_trial_is_charged_its_steps_so_the_budget_ends_a_failing_study(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 1, "max_attempts": 1, "max_initial_failures": 1000},
+                    algorithm={"name": "pbt", "options": {"population_size": 2, "steps_per_trial": 4}},
+                    budget={"total_steps": 40})
+    for _ in range(100):
+        for trial_id in list(ex.waiting):
+            ex.fail(trial_id)  # fails before its first step, every time
+        snap = tick(c, ex)
+        if snap.finished:
+            break
+    assert snap.finished and snap.trials == 10 and snap.reason is EndReason.NO_USABLE_TRIAL
+
+
+def test_a_study_ending_with_a_best_trial_says_which_budget_ended_it(tmp_path):
+    plan = {"name": "random", "options": {"num_trials": 6, "steps_per_trial": 10}}
+    c, ex, _ = make(tmp_path, algorithm=plan, runner=lambda task: completed(task, 1.0))
+    while not (snap := tick(c, ex)).finished:
+        pass
+    assert snap.outcome is Outcome.SUCCEEDED and snap.reason is EndReason.ALGORITHM  # 6 trials, 60 of 10,000 steps
+    c.finish(snap)
+    assert c.store.read_doc("state")["reason"] == "algorithm"
+    c, ex, _ = make(tmp_path / "b", runner=lambda task: completed(task, 1.0), budget={"total_steps": 60})
+    while not (snap := tick(c, ex)).finished:
+        pass
+    assert snap.reason is EndReason.TOTAL_STEPS
+
+
+# --- Early stopping judged per evaluation, reproducibly (issue 10) ------------------------------
+
+MEDIAN = {"name": "random", "options": {"num_trials": 8, "steps_per_trial": 100, "median_stopping": True,
+                                        "min_completed_for_stopping": 2}}
+
+
+def finished_with(task, curve):
+    """A completed result whose intermediate evaluations follow ``curve`` (step -> q)."""
+    metrics = [MetricReport(step=s, lineage_step=s, values={"q": v}) for s, v in curve]
+    return completed(task, curve[-1][1]).model_copy(update={"metrics": metrics})
+
+
+def test_median_stopping_stops_a_trial_on_an_evaluation_that_arrived_with_its_result(tmp_path):
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    for n in range(2):
+        ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
+        tick(c, ex)
+    bad = ex.task("t000002")
+    assert bad.number == 2 and c.ledger.get("t000002").metadata["created_after"] == 2
+    ex._answer(finished_with(bad, [(50, 0.1), (100, 0.2)]))  # fast: no progress message came first
+    tick(c, ex)
+    trial = c.ledger.get("t000002")
+    assert trial.status is TrialStatus.STOPPED and trial.metadata["stop_step"] == 50
+    assert "median" in trial.metadata["stop_reason"] and trial.steps_done == 100  # what it really trained
+    assert c.ordering.view[2].steps_done == 50  # ... but it is charged up to its stop
+
+
+def test_median_stopping_stops_a_running_trial_once_at_the_evaluation_that_decided(tmp_path):
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    for n in range(2):
+        ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
+        tick(c, ex)
+    ex.progress("t000002", 50, {"q": 0.1})
+    tick(c, ex)
+    ex.progress("t000002", 60, {"q": 0.1})
+    tick(c, ex)
+    assert ex.stops == ["t000002"] and c.ledger.get("t000002").metadata["stop_step"] == 50
+    ex._answer(finished_with(ex.task("t000002"), [(50, 0.1), (100, 0.95)]))  # the stop came too late
+    tick(c, ex)
+    assert c.ledger.get("t000002").status is TrialStatus.STOPPED  # the decision stands, whatever followed
+
+
+def test_a_non_finite_intermediate_value_is_worse_than_any_median(tmp_path):
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    for n in range(2):
+        ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
+        tick(c, ex)
+    ex.progress("t000002", 50, {"q": float("nan")})
+    tick(c, ex)
+    assert ex.stops == ["t000002"]
