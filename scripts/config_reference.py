@@ -42,8 +42,9 @@ NOTES: dict[str, str] = {
     "algorithm.name": "`pbt`, `random`, `grid`, `bayes`, or `package.module:MyPolicy`",
     "algorithm.options": "the policy's options (tables below)",
     "budget": "at least one of the two limits",
-    "budget.total_steps": "training steps over all trials",
-    "budget.max_trials": "completed trials",
+    "budget.total_steps": "steps over all trials: each trial is charged the steps it is given, failed ones too; "
+    "one stopped early, the steps up to its stop (see Budgets)",
+    "budget.max_trials": "trials created, failed and stopped ones included (see Budgets)",
     "trainer": "the black box",
     "trainer.config": "passed as-is to the trainer's constructor",
     "execution.evaluate_every_checkpoint": "also evaluate at every in-trial checkpoint (curves in reports)",
@@ -54,12 +55,13 @@ NOTES: dict[str, str] = {
     "(`--broker` / `PBT_BROKER_URL` override)",
     "seed": "study seed: same seed, same study, whatever the workers",
     "pbt.population_size": "members trained in parallel",
-    "pbt.selection": "`tournament` (binary, within the window) or `truncation` (bottom copies top)",
+    "pbt.selection": "`tournament` (binary, within the window; never waits) or `truncation` (bottom copies top, "
+    "ranked at the same generation)",
     "pbt.truncation_fraction": "top/bottom fraction for truncation selection",
     "pbt.perturb_factors": "explore: multiply numbers by one of these",
     "pbt.resample_probability": "explore: draw from the prior instead of perturbing",
     "random.median_stopping": "stop a running trial whose latest objective is worse than the median of "
-    "completed trials at the same step",
+    "completed trials at the same step (see Early stopping)",
     "random.min_completed_for_stopping": "completed trials before median stopping acts",
     "grid.grid": "explicit values per parameter; default: `points_per_param` evenly spaced values",
     "grid.points_per_param": "values per numeric parameter when `grid` is not given",
