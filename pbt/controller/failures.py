@@ -1,4 +1,4 @@
-"""When a study cannot succeed: the rules that end it early (DESIGN.md, "Failure policy").
+"""How a run ends: the rules that end a study that cannot succeed, and the ending it records.
 
 Three levels, each with one owner. A *trial* failure is retried up to ``execution.max_attempts``
 (:mod:`pbt.controller.attempts`) and its trial never becomes a parent. A *study* failure ends
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 from pbt.controller.attempts import first_line
 from pbt.controller.ledger import Ledger
-from pbt.spec import Execution
-from pbt.study_state import EndReason
+from pbt.controller.view import TrialView
+from pbt.spec import Budget, Execution
+from pbt.study_state import EndReason, Outcome
 from pbt.trial import FailureScope, Trial, TrialStatus
 
 
@@ -60,3 +61,23 @@ class FailureRules:
                          f"the first {failed} trials to end all failed and none completed "
                          f"(execution.max_initial_failures = {initial}); the last: {error}", trial.error)
         return None
+
+
+def ending(
+    abort: Abort | None, paused: bool, ledger: Ledger, view: TrialView, budget: Budget
+) -> tuple[Outcome, EndReason, str | None, str | None]:
+    """Why a run ends: ``(outcome, reason, one line for people, the trial's whole error)``."""
+    if abort is not None:
+        return Outcome.FAILED, abort.reason, abort.message, abort.error
+    if paused:
+        return Outcome.PAUSED, EndReason.PAUSED, None, None
+    if ledger.best is None:
+        failed = next((t for t in ledger if t.status is TrialStatus.FAILED), None)
+        why = f"; the first failure: {first_line(failed.error)}" if failed else ""
+        return Outcome.FAILED, EndReason.NO_USABLE_TRIAL, f"no trial completed{why}", failed and failed.error
+    if budget.max_trials is not None and len(ledger) >= budget.max_trials:
+        return Outcome.SUCCEEDED, EndReason.MAX_TRIALS, None, None
+    last = ledger[len(ledger) - 1].steps if len(ledger) else 1
+    if budget.total_steps is not None and view.committed_steps + last > budget.total_steps:
+        return Outcome.SUCCEEDED, EndReason.TOTAL_STEPS, None, None
+    return Outcome.SUCCEEDED, EndReason.ALGORITHM, None, None

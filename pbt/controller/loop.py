@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from pbt.controller.attempts import Attempts, first_line
+from pbt.controller.attempts import Attempts
 from pbt.controller.control import Control
-from pbt.controller.failures import Abort, FailureRules
+from pbt.controller.failures import Abort, FailureRules, ending
 from pbt.controller.gc import CheckpointCollector, GarbageCollector
 from pbt.controller.lease import Lease
 from pbt.controller.ledger import Ledger, Snapshot
@@ -36,9 +36,9 @@ from pbt.spec import StudySpec
 from pbt.storage.base import ObjectStore
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.study_store import StudyStore
-from pbt.study_state import EndReason, Outcome
+from pbt.study_state import EndReason
 from pbt.tasks.executor import Event, Executor
-from pbt.trial import FailureScope, Progress, Suggestion, Trial, TrialStatus
+from pbt.trial import FailureScope, Progress, Suggestion, Trial
 
 log = logging.getLogger("pbt.controller")
 
@@ -129,7 +129,10 @@ class Controller:
         in_flight = self.attempts.in_flight
         paused = self.control.paused and not in_flight and self.abort is None
         finished = self.abort is not None or (not in_flight and self.exhausted and not self.control.paused)
-        outcome, reason, message, error = self._ending() if finished or paused else (None, None, None, None)
+        outcome, reason, message, error = (
+            ending(self.abort, self.control.paused, self.ledger, self.ordering.view, self.spec.budget)
+            if finished or paused else (None, None, None, None)
+        )
         return Snapshot(
             paused=paused,
             trials=len(self.ledger),
@@ -147,24 +150,6 @@ class Controller:
             message=message,
             error=error,
         )
-
-    def _ending(self) -> tuple[Outcome, EndReason, str | None, str | None]:
-        """Why the run ends: ``(outcome, reason, one line for people, the trial's whole error)``."""
-        if self.abort is not None:
-            return Outcome.FAILED, self.abort.reason, self.abort.message, self.abort.error
-        if self.control.paused:
-            return Outcome.PAUSED, EndReason.PAUSED, None, None
-        if self.ledger.best is None:
-            failed = next((t for t in self.ledger if t.status is TrialStatus.FAILED), None)
-            why = f"; the first failure: {first_line(failed.error)}" if failed else ""
-            return Outcome.FAILED, EndReason.NO_USABLE_TRIAL, f"no trial completed{why}", failed and failed.error
-        budget = self.spec.budget
-        if budget.max_trials is not None and len(self.ledger) >= budget.max_trials:
-            return Outcome.SUCCEEDED, EndReason.MAX_TRIALS, None, None
-        last = self.ledger[len(self.ledger) - 1].steps if len(self.ledger) else 1
-        if budget.total_steps is not None and self.ordering.view.committed_steps + last > budget.total_steps:
-            return Outcome.SUCCEEDED, EndReason.TOTAL_STEPS, None, None
-        return Outcome.SUCCEEDED, EndReason.ALGORITHM, None, None
 
     # Start and end --------------------------------------------------------------------------
 
