@@ -79,7 +79,8 @@ class Execution(_Model):
     )
     max_initial_failures: int | None = Field(
         default=None, ge=1,
-        description="end the study when this many trials failed before any completed (default: max(3, parallelism))",
+        description="end the study when this many trials failed with an error before any completed "
+        "(default: max(5, 2 × parallelism))",
     )
     ordering: Literal["deterministic", "arrival"] = Field(
         default="deterministic",
@@ -97,8 +98,8 @@ class Execution(_Model):
 
     @property
     def initial_failure_limit(self) -> int:
-        """Failed trials, before any completed, that end the study (``max_initial_failures``)."""
-        return self.max_initial_failures or max(3, self.parallelism)
+        """Trials failed with an error, before any completed, that end the study (``max_initial_failures``)."""
+        return self.max_initial_failures or max(5, 2 * self.parallelism)
 
 
 class StudySpec(_Model):

@@ -97,6 +97,7 @@ class Trial(_Model):
     checkpoint_deleted: bool = False
     resumed_from_step: int | None = None
     warm_start: str | None = None  # the checkpoint actually loaded (differs from parent's on fallback)
+    diverged: bool = False  # failed because its objective was not finite: bad hyperparameters, not an error
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     created_at: float = 0.0
@@ -155,6 +156,7 @@ class TrialResult(_Model):
     error: str | None = None
     retryable: bool = False  # a failure that another attempt may not repeat
     scope: FailureScope = FailureScope.TRIAL  # whose fault a failure is
+    diverged: bool = False  # the objective was not finite at an evaluation (a failure, not an error)
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     finished_at: float = 0.0

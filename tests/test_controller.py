@@ -228,11 +228,27 @@ def test_an_error_every_trial_would_hit_ends_the_study_at_its_first_occurrence(t
 
 
 def test_the_first_wave_failing_ends_the_study(tmp_path):
-    c, ex, _ = make(tmp_path, execution={"parallelism": 2, "max_attempts": 1})  # limit: max(3, 2) = 3
-    for trial_id in ("t000000", "t000001", "t000002"):
-        ex.fail(trial_id)
+    c, ex, _ = make(tmp_path, execution={"parallelism": 2, "max_attempts": 1},  # limit: max(5, 2 × 2) = 5
+                    algorithm={"name": "random", "options": {"num_trials": 20}})
+    for n in range(5):
+        ex.fail(f"t{n:06d}")
         snap = tick(c, ex)
-    assert snap.finished and snap.reason is EndReason.INITIAL_FAILURES and len(c.ledger) == 4
+        assert snap.finished == (n == 4)
+    assert snap.reason is EndReason.INITIAL_FAILURES and len(c.ledger) == 6
+
+
+def test_trials_that_diverged_are_not_errors_for_the_initial_rule(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 1, "max_initial_failures": 2},
+                    algorithm={"name": "random", "options": {"num_trials": 20}})
+    for n in range(4):
+        task = ex.task(f"t{n:06d}")
+        ex._answer(TrialResult(study="toy", trial_id=task.trial_id, attempt=task.attempt, steps_done=5,
+                               status=TrialStatus.FAILED, error="objective q is nan at step 5", diverged=True))
+        assert not tick(c, ex).finished
+    ex.fail("t000004", retryable=False)
+    assert not tick(c, ex).finished
+    ex.fail("t000005", retryable=False)
+    assert tick(c, ex).reason is EndReason.INITIAL_FAILURES
 
 
 def test_failures_after_a_success_do_not_trip_the_initial_rule_but_max_failed_trials_does(tmp_path):

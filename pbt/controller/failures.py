@@ -7,8 +7,9 @@ the study at once, with the error and a non-zero exit:
 * an error every trial would hit (``FailureScope.STUDY``: the objective metric missing from
   ``evaluate()``, a trainer that cannot be built from ``trainer.config``, a protocol method
   with the wrong signature), at its first occurrence;
-* ``execution.max_initial_failures`` trials failed before any trial completed (default
-  ``max(3, parallelism)``: the first wave of trials all failed);
+* ``execution.max_initial_failures`` trials failed with an error before any trial completed
+  (default ``max(5, 2 × parallelism)``: the first two waves all failed). Trials that *diverged*
+  (a non-finite objective: bad hyperparameters, not a broken trainer) do not count here;
 * ``execution.max_failed_trials`` trials failed in all (default: no limit).
 
 Together with the budget, which charges a failed trial the steps it was given, no trainer can
@@ -40,6 +41,11 @@ class FailureRules:
     def __init__(self, execution: Execution, ledger: Ledger) -> None:
         self.execution = execution
         self.ledger = ledger
+        self.errors = 0  # trials failed with an error (not diverged)
+
+    def restore(self) -> None:
+        """Count the failures of a resumed study's records."""
+        self.errors = sum(1 for t in self.ledger if t.status is TrialStatus.FAILED and not t.diverged)
 
     def check(self, trial: Trial, scope: FailureScope = FailureScope.TRIAL) -> Abort | None:
         """Whether the study must end now that ``trial`` has failed with this scope."""
@@ -50,15 +56,16 @@ class FailureRules:
             return Abort(EndReason.FATAL_ERROR,
                          f"trial {trial.id} failed with an error every trial would hit: {error}", trial.error)
         failed = self.ledger.counts.get(TrialStatus.FAILED.value, 0)
+        self.errors += not trial.diverged
         limit = self.execution.max_failed_trials
         if limit is not None and failed >= limit:
             return Abort(EndReason.MAX_FAILED_TRIALS,
                          f"{failed} trials failed (execution.max_failed_trials = {limit}); the last: {error}",
                          trial.error)
         initial = self.execution.initial_failure_limit
-        if self.ledger.counts.get(TrialStatus.COMPLETED.value, 0) == 0 and failed >= initial:
+        if self.ledger.counts.get(TrialStatus.COMPLETED.value, 0) == 0 and self.errors >= initial:
             return Abort(EndReason.INITIAL_FAILURES,
-                         f"the first {failed} trials to end all failed and none completed "
+                         f"{self.errors} trials failed with an error and none completed "
                          f"(execution.max_initial_failures = {initial}); the last: {error}", trial.error)
         return None
 

@@ -165,6 +165,7 @@ class Ledger:
             checkpoint=r.checkpoint,
             resumed_from_step=r.resumed_from_step,
             error=r.error,
+            diverged=r.diverged,
             worker=r.worker,
             finished_at=r.finished_at or now,
         )

@@ -165,6 +165,7 @@ class Controller:
                     f"{', '.join(changed)}; use another study name (or storage) for a new study"
                 )
             self.ledger.load()
+            self.failures.restore()
         self.store.write_spec(spec_doc)
         previous = self.store.read_doc("state") or {}
         self.gc.bytes_freed = int(previous.get("gc_bytes_freed", 0))  # a resumed study keeps counting

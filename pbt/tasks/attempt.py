@@ -208,7 +208,7 @@ class _Attempt:
             return final
         objective = self.driver.run(task.steps, lambda at_checkpoint: self._between_chunks(workdir, at_checkpoint))
         if self.diverged:
-            return self.result(TrialStatus.FAILED, error=self.diverged, retryable=False)
+            return self.result(TrialStatus.FAILED, error=self.diverged, retryable=False, diverged=True)
         if objective is None:
             return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
         if not math.isfinite(objective):
@@ -217,6 +217,7 @@ class _Attempt:
                 TrialStatus.FAILED,
                 error=f"objective {task.objective_metric} is {objective} at step {self.steps_done} (not finite)",
                 retryable=False,
+                diverged=True,
             )
         self._save(workdir / "final", final=True)
         self._prune_in_trial_checkpoints()
