@@ -15,6 +15,7 @@ from pbt.cli.options import (
     EmbeddedWorkers,
     Quiet,
     SummaryJson,
+    TensorBoardDir,
     Verbose,
     broker_option,
     json_option,
@@ -33,6 +34,7 @@ def run(
     workers: EmbeddedWorkers = None,
     seed: int | None = typer.Option(None, "--seed", help="overrides the file's seed"),
     name: str | None = typer.Option(None, "--name", help="overrides the study name (a new study)"),
+    tensorboard: TensorBoardDir = None,
     quiet: Quiet = False,
     json_out: SummaryJson = False,
     verbose: Verbose = 0,
@@ -42,7 +44,8 @@ def run(
     with cli_errors():
         from pbt.study_file import load_spec
 
-        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
+        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name,
+                                      "execution.tensorboard": tensorboard})
         drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on")
 
 
