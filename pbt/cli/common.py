@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 import typer
 from rich.console import Console
 
 from pbt.errors import PbtError, SpecError, StudyLockedError
 
-console = Console(stderr=True)
-out = Console()
+#: Columns when output goes to a file or a pipe (and COLUMNS is unset): rich would wrap tables at
+#: 80 there; tables are only as wide as their content, so this is just a limit.
+PIPE_WIDTH = 200
+
+
+def _console(stream: TextIO, **kw) -> Console:
+    """A console that wraps at the terminal's width, or at :data:`PIPE_WIDTH` when not a terminal."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    width = None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(width=width, **kw)
+
+
+console = _console(sys.stderr, stderr=True)  # progress, notices, errors
+out = _console(sys.stdout)  # results: what a script or a file gets
 
 # Exit statuses, the same for `pbt run`, `pbt resume` and their --json output (README, "Exit status").
 EXIT_OK = 0  # the study ended with a best trial
