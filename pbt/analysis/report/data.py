@@ -163,9 +163,9 @@ class TimeUse:
         """Why the queue wait is what it is, in sentences for the report (empty without trials)."""
         if not self.trials:
             return []
+        share = 100 * self.queue_share
         out = [f"Queue wait is the time from a trial's publication to a worker starting it, summed over "
-               f"trials: {100 * self.queue_share:.0f}% of the time recorded here. It is time trials waited, "
-               "not time workers lost."]
+               f"trials: {share:.2g}% of the time recorded here. It is time trials waited, not time workers lost."]
         why = []
         if self.workers and self.parallelism > self.workers:
             why.append(f"up to {self.parallelism} trials are in flight (execution.parallelism) for "
@@ -179,7 +179,8 @@ class TimeUse:
         if why:
             out.append("Here " + "; and ".join(why) + ".")
         if self.busy is not None:
-            out.append(f"What does cost time is idle workers: the {self.workers} worker"
+            lead = "What does cost time is idle workers: the" if share >= 20 else "The"
+            out.append(f"{lead} {self.workers} worker"
                        f"{'s' if self.workers != 1 else ''} spent {100 * self.busy:.0f}% of the study's "
                        f"{self.wall_seconds:.3g} s loading, training, evaluating and saving; the rest of the "
                        "time they were between trials: handing them over, or waiting for the controller's next "
