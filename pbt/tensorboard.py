@@ -15,9 +15,10 @@ member's trials side by side; ``t000042`` for studies without members). In each 
 The study's folder itself holds the HParams experiment: the parameters with their domains from
 the study file, and the metrics reported.
 
-Written with ``tensorboardX`` (the ``tensorboard`` extra: ``pip install 'pbt[tensorboard]'``);
-view with ``tensorboard --logdir DIR``. Wall times of an export are the records' (a trial's
-evaluations spread over its start and finish), of a live log the moment of writing.
+Written with ``tensorboardX``'s event writer and protocol buffers (the ``tensorboard`` extra:
+``pip install 'pbt[tensorboard]'``); view with ``tensorboard --logdir DIR``. Wall times of an
+export are the records' (a trial's evaluations spread over its start and finish), of a live log
+the moment of writing.
 
 :class:`EventWriter` writes records, whole or as they grow; :class:`LiveTensorBoard` feeds one
 from a running controller's record changes on a thread of its own, so the tick never waits on a
@@ -26,14 +27,17 @@ disk. Nothing here imports the controller: :mod:`pbt.launch` wires the two.
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pbt.errors import SpecError
+from pbt.errors import FatalError, SpecError
 from pbt.spec import StudySpec
 from pbt.trial import MetricReport, Trial, TrialStatus
 
@@ -50,15 +54,47 @@ _END_STATUS = {
 }
 
 
-def _writer_class():
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
+def require() -> None:
+    """Raise SpecError now, not mid-study, when the ``tensorboard`` extra is missing (cheap: no import)."""
+    if importlib.util.find_spec("tensorboardX") is None:
         raise SpecError(
             "TensorBoard output needs the tensorboard extra: pip install 'pbt[tensorboard]' "
             "(tensorboardX writes the events, tensorboard shows them)"
-        ) from None
-    return SummaryWriter
+        )
+
+
+class _EventFile:
+    """One run's event file: tensorboardX's synchronous ``EventsWriter`` (its threaded
+    ``SummaryWriter`` costs a thread and an fsync per trial, which a study of short trials feels)."""
+
+    _count = itertools.count()
+
+    def __init__(self, directory: Path) -> None:
+        from tensorboardX.event_file_writer import EventsWriter
+
+        directory.mkdir(parents=True, exist_ok=True)
+        # A unique suffix: the name's timestamp has whole seconds, and two writers must never share a file.
+        suffix = f".{os.getpid()}.{next(self._count)}.pbt"
+        self._file = EventsWriter(str(directory / "events"), filename_suffix=suffix)
+
+    def add(self, summary, step: int | None = None, walltime: float | None = None) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        event = Event(wall_time=time.time() if walltime is None else walltime, summary=summary)
+        if step is not None:
+            event.step = step
+        self._file.write_event(event)
+
+    def scalar(self, tag: str, value: float, step: int, walltime: float | None) -> None:
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        self.add(Summary(value=[Summary.Value(tag=tag, simple_value=value)]), step, walltime)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def run_name(trial: Trial) -> str:
@@ -81,11 +117,11 @@ class EventWriter:
     """
 
     def __init__(self, spec: StudySpec, out_dir: str | Path, *, record_walltime: bool = False) -> None:
-        self._summary_writer = _writer_class()
+        require()
         self.spec = spec
         self.root = Path(out_dir) / spec.name
         self.record_walltime = record_walltime  # exports: the records' times, not now
-        self._open: dict[str, Any] = {}  # trial id -> SummaryWriter of a trial not yet ended
+        self._open: dict[str, _EventFile] = {}  # trial id -> event file of a trial not yet ended
         self._written: dict[str, int] = {}  # trial id -> last lineage step written
         self._ended: set[str] = set()
         self._last: dict[str, MetricReport] = {}  # last evaluation of trials that may be parents
@@ -115,7 +151,7 @@ class EventWriter:
                 self._scalars(writer, trial, m.lineage_step, m.values, when)
                 self._written[trial.id] = m.lineage_step
         if trial.status.terminal:
-            writer.file_writer.add_summary(self._session_end(trial), None, self._walltime(trial, None, end=True))
+            writer.add(self._session_end(trial), None, self._walltime(trial, None, end=True))
             writer.close()
             del self._open[trial.id]
             self._ended.add(trial.id)
@@ -134,9 +170,17 @@ class EventWriter:
             hparam_infos=[self._hparam_info(name, p) for name, p in self.spec.parameters.items()],
             metric_infos=[MetricInfo(name=MetricName(tag=n), display_name=n) for n in names],
         )
-        with self._summary_writer(logdir=str(self.root)) as w:
-            w.file_writer.add_summary(_plugin_summary("_hparams_/experiment", experiment=experiment))
+        root = _EventFile(self.root)
+        try:
+            root.add(_plugin_summary("_hparams_/experiment", experiment=experiment))
+        finally:
+            root.close()
         self._experiment = True
+
+    def flush(self) -> None:
+        """Make what was written to running trials' files visible to TensorBoard."""
+        for writer in self._open.values():
+            writer.flush()
 
     def close(self) -> None:
         """Flush and close every trial still open (running trials of a run that ends)."""
@@ -155,13 +199,12 @@ class EventWriter:
         if writer is not None:
             return writer
         resumed = trial.id in self._written
-        writer = self._summary_writer(logdir=str(self.root / run_name(trial)), flush_secs=5)
+        writer = _EventFile(self.root / run_name(trial))
         self._open[trial.id] = writer
         if not resumed:
             self._written[trial.id] = -1
             start = trial.started_at or trial.created_at or None
-            writer.file_writer.add_summary(self._session_start(trial), None,
-                                           start if self.record_walltime else None)
+            writer.add(self._session_start(trial), None, start if self.record_walltime else None)
             anchor = self._last.get(trial.parent) if trial.parent else None
             if anchor is not None:  # the curve starts where its weights came from
                 when = (trial.started_at or trial.created_at) if self.record_walltime else None
@@ -169,12 +212,13 @@ class EventWriter:
                 self._written[trial.id] = trial.start_lineage_steps
         return writer
 
-    def _scalars(self, writer, trial: Trial, step: int, values: dict[str, float], when: float | None) -> None:
+    def _scalars(self, writer: _EventFile, trial: Trial, step: int, values: dict[str, float],
+                 when: float | None) -> None:
         for name, value in values.items():
-            writer.add_scalar(name, float(value), step, walltime=when)
+            writer.scalar(name, float(value), step, when)
         for name, value in trial.params.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                writer.add_scalar(SCHEDULE_PREFIX + name, float(value), step, walltime=when)
+                writer.scalar(SCHEDULE_PREFIX + name, float(value), step, when)
 
     def _walltime(self, trial: Trial, step: int | None, end: bool = False) -> float | None:
         """When an evaluation happened, as well as the records tell (exports); None: now."""
@@ -252,16 +296,18 @@ def write_events(spec: StudySpec, trials: Sequence[Trial], out_dir: str | Path) 
     points), so writing again replaces an earlier export.
     """
     root = Path(out_dir) / spec.name
-    if root.is_dir():
-        for old in root.rglob(EVENT_GLOB):
-            old.unlink()
     writer = EventWriter(spec, out_dir, record_walltime=True)
-    metrics = {k for t in trials for m in t.metrics for k in m.values}
-    if metrics:
-        writer.write_experiment(metrics)
     try:
+        if root.is_dir():
+            for old in root.rglob(EVENT_GLOB):
+                old.unlink()
+        metrics = {k for t in trials for m in t.metrics for k in m.values}
+        if metrics:
+            writer.write_experiment(metrics)
         for trial in sorted(trials, key=lambda t: t.number):
             writer.write(trial)
+    except OSError as exc:
+        raise FatalError(f"{root}: cannot write TensorBoard events: {exc.strerror or exc}") from None
     finally:
         writer.close()
     return writer.directory
@@ -286,6 +332,7 @@ class LiveTensorBoard:
         interval: float = 1.0,
     ) -> None:
         self.writer = EventWriter(spec, out_dir)  # fails now, not in the thread, without tensorboardX
+        # (tensorboardX itself, which imports torch when present, is imported by the thread)
         self.initial = initial
         self.interval = interval
         self.failed: str | None = None
@@ -340,3 +387,5 @@ class LiveTensorBoard:
             batch, self._pending = self._pending, {}
         for trial in sorted(batch.values(), key=lambda t: t.number):
             self.writer.write(trial)
+        if batch:
+            self.writer.flush()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pbt.analysis.study import StoredStudy
+from pbt.errors import FatalError
 from pbt.lineage import trial_json
 from pbt.tensorboard import write_events
 from pbt.trial import Trial
@@ -85,8 +86,11 @@ def write_csv(study: StoredStudy, out: str | Path, per: Per = "trial") -> int:
         sys.stdout.write(buf.getvalue())
     else:
         path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(buf.getvalue(), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(buf.getvalue(), encoding="utf-8")
+        except OSError as exc:
+            raise FatalError(f"{path}: cannot write the CSV file: {exc.strerror or exc}") from None
     return len(table)
 
 
@@ -96,6 +100,7 @@ def write_tensorboard(study: StoredStudy, out_dir: str | Path) -> Path:
     One run per trial (``member-003/t000042``): every evaluation's metrics at lineage steps,
     starting from the parent's last point, the hyperparameters as ``hparams/NAME`` scalars and as
     an HParams session; see :mod:`pbt.tensorboard`. Replaces the event files of an earlier
-    export of the same study in ``out_dir``. Raises SpecError without the ``tensorboard`` extra.
+    export of the same study in ``out_dir``. Raises SpecError without the ``tensorboard`` extra,
+    FatalError when the folder cannot be written.
     """
     return write_events(study.spec, study.trials, out_dir)

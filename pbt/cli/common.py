@@ -11,6 +11,7 @@ from typing import TextIO, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pbt.errors import PbtError, SpecError, StudyLockedError
 
@@ -53,14 +54,15 @@ def cli_errors() -> Iterator[None]:
     """Turn pbt's errors into a one-paragraph message and a meaningful exit code."""
     try:
         yield
+    # Messages are text, not markup: "pip install 'pbt[tensorboard]'" must print its brackets.
     except SpecError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except StudyLockedError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_LOCKED) from None
     except PbtError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILURE) from None
     except KeyboardInterrupt:
         console.print("interrupted; the study resumes from its records with the same command")
