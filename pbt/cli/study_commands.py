@@ -208,7 +208,8 @@ def _print_outcome(spec) -> None:
         cells = [_fmt(seg.params.get(n)) for n in spec.parameters]
         table.add_row(f"{seg.start}–{seg.end}", seg.trial + (" ⇐" if seg.exploit else ""), *cells)
     out.print(table)
-    out.print("⇐ = copied another member's weights (exploit) before this segment")
+    if any(seg.exploit for seg in rows):
+        out.print("⇐ = copied another member's weights (exploit) before this segment")
     flag = f" --storage {spec.storage}"
     out.print(f"results: {spec.storage}/{spec.name}\nnext: pbt status {spec.name}{flag} · pbt report {spec.name}{flag}"
               f" · pbt replay {spec.name}{flag}", highlight=False, soft_wrap=True)
