@@ -91,9 +91,9 @@ def sample(
 ) -> None:
     """Generate audio from a WaveNet study's model, to listen to it: by default its best trial's.
 
-    The trial's final checkpoint is read from the study's storage (file:// or s3://). STUDY may
-    instead be a local checkpoint folder (any path with a /), e.g. one saved by
-    `pbt replay --save-checkpoint`.
+    The trial's final checkpoint is read from the study's storage (a path, file:// or s3://).
+
+    STUDY may instead be a local checkpoint folder (any path with a /), e.g. from pbt replay --save-checkpoint.
     """
     with cli_errors():
         import tempfile
