@@ -90,6 +90,11 @@ class Execution(_Model):
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     queue: str = "pbt.trials"
     keep_checkpoints: bool = Field(default=False, description="disable garbage collection of checkpoints")
+    tensorboard: str | None = Field(
+        default=None, min_length=1,
+        description="a local folder: the controller writes TensorBoard events of every trial to FOLDER/NAME/ "
+                    "as they come (`pbt run --tensorboard`; needs the `tensorboard` extra)",
+    )
 
     @field_validator("queue")
     @classmethod

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+from pbt.errors import NotFoundError
 from pbt.lineage import best_trial
 from pbt.spec import StudySpec
 from pbt.storage.study_store import StudyStore, open_study_store
@@ -48,6 +50,42 @@ class StoredStudy:
     def best(self) -> Trial | None:
         """The best usable trial so far (:func:`pbt.lineage.best_trial`)."""
         return best_trial(self.trials, self.spec.objective)
+
+    def trial(self, trial_id: str | None = None) -> Trial:
+        """The trial ``trial_id`` (``t000042``), or the best one when None.
+
+        Raises NotFoundError naming the study when there is no such trial, or no usable one yet.
+        """
+        if trial_id is None:
+            if self.best is None:
+                raise NotFoundError(f"study {self.spec.name} has no completed trial yet")
+            return self.best
+        found = next((t for t in self.trials if t.id == trial_id), None)
+        if found is None:
+            raise NotFoundError(f"study {self.spec.name} has no trial {trial_id!r} ({len(self.trials)} trials, "
+                                f"t000000 to t{len(self.trials) - 1:06d})")
+        return found
+
+    def fetch_checkpoint(self, trial: Trial, directory: Path) -> Path:
+        """Download ``trial``'s final checkpoint into ``directory`` (verified); returns it.
+
+        Raises NotFoundError when the trial saved none or its checkpoint was garbage-collected
+        (the best trial's lineage and the possible parents are kept).
+        """
+        from pbt.storage.checkpoints import CheckpointStore
+
+        if not trial.checkpoint:
+            raise NotFoundError(f"trial {trial.id} of study {self.spec.name} ({trial.status.value}) saved no "
+                                "final checkpoint")
+        if trial.checkpoint_deleted:
+            raise NotFoundError(
+                f"trial {trial.id}'s checkpoint was garbage-collected: a study keeps the best trial's lineage "
+                "and the trials a member may still copy (execution.keep_checkpoints: true keeps all). Take the "
+                f"best trial, or re-create it with `pbt replay {self.spec.name} --trial {trial.id} "
+                "--save-checkpoint`"
+            )
+        CheckpointStore(self.store.objects).load(trial.checkpoint, directory)
+        return directory
 
     def reread(self) -> StoredStudy:
         """The same study read again: new trials and documents, the spec kept."""

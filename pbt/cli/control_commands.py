@@ -18,7 +18,15 @@ from typing import Annotated
 import typer
 
 from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_logging
-from pbt.cli.options import EmbeddedWorkers, Quiet, StudyStorage, SummaryJson, Verbose, broker_option
+from pbt.cli.options import (
+    EmbeddedWorkers,
+    Quiet,
+    StudyStorage,
+    SummaryJson,
+    TensorBoardDir,
+    Verbose,
+    broker_option,
+)
 from pbt.cli.study_commands import drive
 
 
@@ -69,6 +77,7 @@ def resume(
         "redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)"
     )] = None,
     workers: EmbeddedWorkers = None,
+    tensorboard: TensorBoardDir = None,
     quiet: Quiet = False,
     json_out: SummaryJson = False,
     verbose: Verbose = 0,
@@ -94,6 +103,8 @@ def resume(
             )
             raise typer.Exit(EXIT_USAGE)
         data.update(storage=storage, broker=broker or None)
+        if tensorboard:
+            data["execution"] = {**data.get("execution", {}), "tensorboard": tensorboard}
         spec = parse_spec(data, source=f"the stored spec of {study}")
         stored.store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
         try:

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pbt.cli.common import cli_errors, console, out
-from pbt.cli.options import workers_option
+from pbt.cli.options import StudyStorage, workers_option
 from pbt.errors import CorruptCheckpointError, SpecError
 
 
@@ -77,9 +77,11 @@ def speech(
 
 
 def sample(
-    checkpoint: str = typer.Argument(
-        ..., help="a local WaveNet checkpoint folder (holding wavenet.pt) or file:// URI; s3:// not yet"
+    study: str = typer.Argument(
+        ..., help="study name (its best trial's model, or --trial's); a folder holding wavenet.pt also works"
     ),
+    trial: str | None = typer.Option(None, "--trial", "-t", help="trial id (default: the best trial)"),
+    storage: StudyStorage = "runs",
     out_wav: Path = typer.Option(..., "--out", "-o", help="WAV file to write"),
     seconds: float = typer.Option(2.0, "--seconds", min=0.001, help="length of audio to generate"),
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="softmax temperature; 0 is greedy"),
@@ -87,19 +89,44 @@ def sample(
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 ... (auto: cuda when present)"),
     data: Path | None = typer.Option(None, "--data", help="corpus for a vocoder checkpoint's conditioning"),
 ) -> None:
-    """Generate audio from a trained WaveNet checkpoint, to listen to the best model.
+    """Generate audio from a WaveNet study's model, to listen to it: by default its best trial's.
 
-    For now CHECKPOINT is a local folder holding wavenet.pt, or with exactly one wavenet.pt below it.
+    The trial's final checkpoint is read from the study's storage (a path, file:// or s3://).
+
+    STUDY may instead be a local checkpoint folder (any path with a /), e.g. from pbt replay --save-checkpoint.
     """
     with cli_errors():
+        import tempfile
+
         from pbt.wavenet.trainer import sample_audio
 
         started = time.perf_counter()
-        source = _local_checkpoint(checkpoint)
         config = {"device": device, **({"data": str(data)} if data else {})}
-        with console.status(f"generating {seconds:g} s of audio"):
-            path = sample_audio(source, out_wav, seconds, config, temperature=temperature, seed=seed)
-        out.print(f"wrote {path} ({seconds:g} s) in {time.perf_counter() - started:.1f} s", highlight=False)
+        with tempfile.TemporaryDirectory(prefix="pbt-sample-") as tmp:
+            if "/" in study:
+                if trial:
+                    raise SpecError("--trial picks a trial of a study; it does not apply to a checkpoint folder")
+                source, what = _local_checkpoint(study), study
+            else:
+                source, what = _study_checkpoint(study, trial, storage, Path(tmp) / "checkpoint")
+            with console.status(f"generating {seconds:g} s of audio from {what}"):
+                path = sample_audio(source, out_wav, seconds, config, temperature=temperature, seed=seed)
+        out.print(f"wrote {path} ({seconds:g} s of {what}) in {time.perf_counter() - started:.1f} s",
+                  highlight=False, soft_wrap=True)
+
+
+def _study_checkpoint(study: str, trial_id: str | None, storage: str, directory: Path) -> tuple[Path, str]:
+    """Download a trial's final checkpoint (default: the best trial's) into ``directory``."""
+    from pbt.analysis.study import open_study
+
+    stored = open_study(storage, study)
+    if not stored.spec.trainer.path.endswith(":WaveNetTrainer"):
+        raise SpecError(f"pbt sample plays WaveNet models; study {study} trains {stored.spec.trainer.path}")
+    trial = stored.trial(trial_id)
+    stored.fetch_checkpoint(trial, directory)
+    metric = stored.spec.objective.metric
+    score = f", {metric} {trial.objective:.4g}" if trial.objective is not None else ""
+    return directory, f"{study} {'best trial ' if trial_id is None else ''}{trial.id}{score}"
 
 
 def _local_checkpoint(checkpoint: str) -> Path:

@@ -47,3 +47,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress display"
 SummaryJson = Annotated[bool, json_option("print the final summary as JSON on stdout")]
 #: Log level by repetition: 0 warnings, 1 info, 2 debug; default 0.
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="log more (-vv for debug)")]
+#: A TensorBoard log folder written while the study runs (run, resume); default None: the study file's.
+TensorBoardDir = Annotated[str | None, typer.Option(
+    "--tensorboard", metavar="DIR",
+    help="write every trial's curves and hyperparameters as TensorBoard events to DIR/STUDY/ while it runs "
+         "(execution.tensorboard; needs pip install 'pbt[tensorboard]')",
+)]

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from pbt.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_PAUSED, cli_errors, console, out, setup_logging
@@ -15,11 +14,13 @@ from pbt.cli.options import (
     EmbeddedWorkers,
     Quiet,
     SummaryJson,
+    TensorBoardDir,
     Verbose,
     broker_option,
     json_option,
     storage_option,
 )
+from pbt.cli.progress import progress_view
 
 
 def run(
@@ -33,6 +34,7 @@ def run(
     workers: EmbeddedWorkers = None,
     seed: int | None = typer.Option(None, "--seed", help="overrides the file's seed"),
     name: str | None = typer.Option(None, "--name", help="overrides the study name (a new study)"),
+    tensorboard: TensorBoardDir = None,
     quiet: Quiet = False,
     json_out: SummaryJson = False,
     verbose: Verbose = 0,
@@ -42,11 +44,13 @@ def run(
     with cli_errors():
         from pbt.study_file import load_spec
 
-        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
-        drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on")
+        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name,
+                                      "execution.tensorboard": tensorboard})
+        drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on",
+              source=str(study_file))
 
 
-def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -> None:
+def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str, source: str | None = None) -> None:
     """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike.
 
     Exits with the study's status (README, "Exit status"): 0 with a best trial, 1 when it failed,
@@ -58,13 +62,19 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -
 
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
     console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
-    progress = _ProgressView(spec) if not quiet and not json_out and console.is_terminal else None
+    if spec.execution.tensorboard:
+        console.print(f"TensorBoard events go to {spec.execution.tensorboard}/{spec.name} "
+                      f"(tensorboard --logdir {spec.execution.tensorboard})", highlight=False)
+    finished_before = _finished_trials(spec)
+    progress = progress_view(spec, console, quiet=quiet or json_out)
     try:
         snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
     finally:
         if progress:
             progress.stop()
     code = {Outcome.SUCCEEDED: EXIT_OK, Outcome.PAUSED: EXIT_PAUSED}.get(snapshot.outcome, EXIT_FAILURE)
+    if finished_before is not None and snapshot.trials == finished_before:
+        _print_already_finished(spec, source)
     if json_out:
         _print_json_outcome(spec, snapshot, code)
     elif snapshot.outcome is Outcome.PAUSED:
@@ -78,6 +88,35 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -
         console.print(f"study {spec.name} stopped before it ended; run the same command to continue")
     if code != EXIT_OK:
         raise typer.Exit(code)
+
+
+def _finished_trials(spec) -> int | None:
+    """How many trials a study had if its last run finished it (None: new, paused, or cut short)."""
+    from pbt.storage import open_object_store
+    from pbt.storage.study_store import StudyStore
+
+    store = StudyStore(open_object_store(spec.storage), spec.name)
+    state = store.read_doc("state") if store.exists() else None
+    if not state or not state.get("finished"):
+        return None
+    return len(store.load_trials())
+
+
+def _print_already_finished(spec, source: str | None) -> None:
+    """A finished study run again with nothing new to do: say so, and how to get more out of it."""
+    from pbt.analysis.study import open_study
+    from pbt.study_state import ending
+
+    end = ending(open_study(spec.storage, spec.name).state)
+    why = f" ({end.reason.text})" if end else ""
+    where = f"in {source} " if source else "in the study file "
+    console.print(
+        f"study {spec.name} had already finished{why}; nothing new ran and the result below is the one "
+        f"recorded. To train it further, raise budget.total_steps or budget.max_trials {where}and run "
+        f"`pbt run` again (budget and execution may change between runs, the rest may not); for a new "
+        f"study, pass --name NEW or another --storage.",
+        highlight=False, soft_wrap=True,
+    )
 
 
 def _print_failure(spec, snapshot) -> None:
@@ -141,51 +180,21 @@ def status(
         _print_top(stored.spec, stored.trials)
 
 
-class _ProgressView:
-    def __init__(self, spec) -> None:
-        from pbt.analysis.budget import BudgetUse
-
-        self.spec = spec
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        unit, _, total = BudgetUse.of(spec.budget).measure
-        self.task = self.progress.add_task(unit, total=total, info="")
-        self.progress.start()
-
-    def update(self, snap) -> None:
-        from pbt.analysis.budget import BudgetUse
-
-        completed = snap.by_status.get("completed", 0)
-        _, done, _ = BudgetUse(snap.steps_done, completed, snap.budget_steps, snap.budget_trials).measure
-        best = "—" if snap.best is None else f"{snap.best.objective:.6g} ({snap.best.id})"
-        ended = sum(snap.by_status.get(s, 0) for s in ("completed", "failed", "stopped"))
-        failed = snap.by_status.get("failed", 0)
-        info = f"trials {ended} done, {snap.in_flight} running" + (f", {failed} failed" if failed else "")
-        self.progress.update(self.task, completed=done, info=f"{info} | best {self.spec.objective.metric} {best}")
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
 def _print_outcome(spec) -> None:
     from pbt.analysis.study import open_study
     from pbt.lineage import lineage, schedule
 
     stored = open_study(spec.storage, spec.name)
     best = stored.best
-    console.print(
-        f"\nbest trial [bold]{best.id}[/bold] {spec.objective.metric} = [bold green]{best.objective:.6g}"
+    if out.is_terminal:
+        out.print()
+    out.print(
+        f"best trial [bold]{best.id}[/bold] {spec.objective.metric} = [bold green]{best.objective:.6g}"
         f"[/bold green] after {best.lineage_steps} steps along its lineage (generation {best.generation})"
     )
-    table = Table(title="hyperparameter schedule of the best lineage", title_justify="left")
+    # The title on its own line: a table's title wraps at the table's width.
+    out.print("hyperparameter schedule of the best lineage:", style="italic")
+    table = Table()
     table.add_column("steps")
     table.add_column("trial")
     for name in spec.parameters:
@@ -198,9 +207,12 @@ def _print_outcome(spec) -> None:
             continue
         cells = [_fmt(seg.params.get(n)) for n in spec.parameters]
         table.add_row(f"{seg.start}–{seg.end}", seg.trial + (" ⇐" if seg.exploit else ""), *cells)
-    console.print(table)
-    console.print("⇐ = copied another member's weights (exploit) before this segment")
-    console.print(f"results: {spec.storage}/{spec.name}   (pbt status {spec.name} --storage {spec.storage})")
+    out.print(table)
+    if any(seg.exploit for seg in rows):
+        out.print("⇐ = copied another member's weights (exploit) before this segment")
+    flag = f" --storage {spec.storage}"
+    out.print(f"results: {spec.storage}/{spec.name}\nnext: pbt status {spec.name}{flag} · pbt report {spec.name}{flag}"
+              f" · pbt replay {spec.name}{flag}", highlight=False, soft_wrap=True)
 
 
 def _fmt(v) -> str:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pbt.controller.attempts import Attempts
 from pbt.controller.control import Control
 from pbt.controller.failures import Abort, FailureRules, ending
 from pbt.controller.gc import CheckpointCollector, GarbageCollector
 from pbt.controller.lease import Lease
-from pbt.controller.ledger import Ledger, Snapshot
+from pbt.controller.ledger import Ledger, Listener, Snapshot
 from pbt.controller.ordering import make_ordering
 from pbt.controller.policies import make_policy
 from pbt.controller.stopping import EarlyStopping
@@ -58,6 +58,7 @@ class Controller:
         lease: Lease,
         *,
         observer: Callable[[Snapshot], None] | None = None,
+        record_listeners: Sequence[Listener] = (),
         poll_interval: float = 0.2,
         gc_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -71,6 +72,9 @@ class Controller:
         self.store = StudyStore(objects, spec.name)
         self.policy = make_policy(spec)
         self.ledger = Ledger(self.store, spec.objective)
+        # Told of every record change, on the tick's thread: keep them to a dictionary update
+        # (pbt.tensorboard.LiveTensorBoard hands the writing to a thread of its own).
+        self.ledger.listeners.extend(record_listeners)
         self.ordering = make_ordering(spec.execution.ordering, self.ledger)
         self.attempts = Attempts(spec, executor, self.ledger, objects.uri, clock)
         self.control = Control(self.store, clock)

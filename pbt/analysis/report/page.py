@@ -128,6 +128,8 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
         "times.png", figures["times.png"], "time per trial phase",
         "Seconds per phase as the workers measured them (queue wait from publication to start).",
     ))
+    if data.time_use is not None:
+        parts += [f"<p>{escape(line)}</p>" for line in data.time_use.explain()]
     total = sum(data.time_totals.values()) or 1.0
     n = max(1, len(data.times))
     parts.append(_table(
