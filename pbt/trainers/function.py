@@ -132,7 +132,7 @@ class _Run:
 
     def steps(self, evaluate: Evaluate, save: Save) -> Iterator[int]:
         self.entered = True
-        while True:
+        while not self.closing:  # closed mid-chunk (the driver was interrupted): no further step
             if self.granted > 0:
                 self.granted -= 1
                 yield self.taken
