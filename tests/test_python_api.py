@@ -248,3 +248,22 @@ def test_a_function_trainer_preempted_by_sigterm_saves_and_another_worker_resume
     assert "handed back" in redis_workers.log(first)
     reference = pbt.run({**data, "broker": None}, trainer=ToyTrainer, storage=str(tmp_path / "reference"), workers=2)
     assert key(study) == key(reference)  # preemption changed nothing the seed decides
+
+
+@pytest.mark.slow
+def test_the_readme_pytorch_example_runs_as_a_new_user_would_run_it(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    yaml_text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    code = section.split("<!-- python-example:start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.splitlines() if line.strip()]) < 30  # "under 30 lines"
+    assert "total_steps: 4000" in yaml_text
+    (tmp_path / "my_study.yaml").write_text(yaml_text.replace("total_steps: 4000", "total_steps: 800"))
+    (tmp_path / "my_study.py").write_text(code)
+    proc = subprocess.run([sys.executable, "my_study.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    study = pbt.load_study("my-model", str(tmp_path / "runs"))
+    assert study.ending.outcome is pbt.Outcome.SUCCEEDED and study.spec.trainer.path == "my_study:train"
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(study.schedule()) and lines[-1].startswith(f"{study.schedule()[-1].start} ")
+    assert any(t.metadata.get("exploit") for t in study.trials)  # members copied better ones: PBT happened
