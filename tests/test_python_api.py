@@ -7,6 +7,7 @@ Real embedded worker processes, the real storage; results are compared with what
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def test_a_study_from_a_file_a_dict_or_typed_objects_validates_to_the_same_spec(
      ["algorithm.options.population_size"]),
     (lambda: pbt.run("no/such/study.yaml"), ["no/such/study.yaml: no such file"]),
     (lambda: pbt.run(42), ["expected a path to a YAML study file, a dict or a pbt.StudySpec"]),
+    (lambda: pbt.start(toy_data(), workers=0), ["workers: expected a number of processes, at least 1"]),
 ])
 def test_a_bad_study_raises_one_spec_error_naming_the_field_whatever_the_entry(make, words):
     with pytest.raises(pbt.SpecError) as err:
@@ -72,7 +74,7 @@ def test_a_bad_study_raises_one_spec_error_naming_the_field_whatever_the_entry(m
 
 
 def test_run_with_a_function_trainer_gives_the_class_trainers_study_and_reads_like_the_cli(tmp_path):
-    function = pbt.run(toy_data(), trainer=train_toy, storage=str(tmp_path / "f"), workers=2)
+    function = pbt.run(toy_data(), trainer=train_toy, storage=tmp_path / "f", workers=2)  # a Path will do
     cls = pbt.run(toy_data(), trainer=ToyTrainer, storage=str(tmp_path / "c"), workers=2)
     assert key(function) == key(cls) and len(function.trials) == 40  # identical for the seed
     assert function.ending.outcome is pbt.Outcome.SUCCEEDED and function.ending.reason is pbt.EndReason.TOTAL_STEPS
@@ -136,6 +138,20 @@ def test_start_watch_stop_and_resume_from_python_decide_like_an_uninterrupted_ru
     assert_complete_and_once(resumed.to_json())
     reference = pbt.run(data, trainer=ToyTrainer, storage=str(tmp_path / "reference"), workers=2)
     assert key(resumed) == key(reference)
+
+
+def test_a_stored_celery_study_resumed_without_its_broker_says_what_to_pass(tmp_path):
+    from pbt.storage import open_object_store
+    from pbt.storage.study_store import StudyStore
+
+    spec = pbt.StudySpec(**toy_data(storage=str(tmp_path), broker="redis://:s3cret@redis.example:6379/0"))
+    store = StudyStore(open_object_store(str(tmp_path)), "toy")
+    store.write_spec(spec.public_dict())
+    with pytest.raises(pbt.SpecError, match=re.escape("pass broker='redis://...' again")) as err:
+        pbt.run(pbt.load_study("toy", tmp_path))
+    assert "s3cret" not in str(err.value) and store.read_doc("control") is None  # refused before touching it
+    with pytest.raises(pbt.SpecError, match="keeps its name"):
+        pbt.run(pbt.load_study("toy", tmp_path), name="other")
 
 
 def test_reading_errors_are_typed(tmp_path, monkeypatch):

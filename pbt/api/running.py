@@ -8,6 +8,7 @@ controller in a thread of this process, so a notebook keeps working while it run
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ def run(
     study: StudyLike | Study,
     *,
     trainer: Any = None,
-    storage: str | None = None,
+    storage: str | os.PathLike | None = None,
     broker: str | None = None,
     workers: int | None = None,
     name: str | None = None,
@@ -60,7 +61,7 @@ def run(
     field; :class:`~pbt.errors.StudyLockedError` when another controller already runs the study;
     :class:`~pbt.errors.StorageUnavailableError` when the storage cannot be used.
     """
-    spec = _spec(study, trainer=trainer, storage=storage, broker=broker, name=name, seed=seed)
+    spec = _spec(study, trainer=trainer, storage=storage, broker=broker, name=name, seed=seed, workers=workers)
     snapshot = run_study(spec, workers=workers, observer=observer)
     return _result(spec, snapshot, raise_on_failure)
 
@@ -69,7 +70,7 @@ def start(
     study: StudyLike | Study,
     *,
     trainer: Any = None,
-    storage: str | None = None,
+    storage: str | os.PathLike | None = None,
     broker: str | None = None,
     workers: int | None = None,
     name: str | None = None,
@@ -84,7 +85,7 @@ def start(
     in a (non-daemon) thread of this process: the interpreter waits for it at exit, and
     interrupting the process leaves the study to be resumed from its records.
     """
-    spec = _spec(study, trainer=trainer, storage=storage, broker=broker, name=name, seed=seed)
+    spec = _spec(study, trainer=trainer, storage=storage, broker=broker, name=name, seed=seed, workers=workers)
     return StudyRun(spec, workers=workers, observer=observer)._launch()
 
 
@@ -176,12 +177,15 @@ class StudyRun:
         return _result(self.spec, self._final, raise_on_failure)
 
 
-def _spec(study: StudyLike | Study, *, name: str | None, **over: Any) -> StudySpec:
+def _spec(study: StudyLike | Study, *, name: str | None, workers: int | None, **over: Any) -> StudySpec:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SpecError(f"workers: expected a number of processes, at least 1 (or None: one per core), got {workers!r}")
     if not isinstance(study, Study):
         return study_spec(study, name=name, **over)
     if name is not None and name != study.name:
         raise SpecError(f"name: a stored study keeps its name ({study.name}); load_study another one instead")
-    spec = resume_spec(study.stored.reread(), over.pop("storage") or study.storage, over.pop("broker"))
+    storage = over.pop("storage")
+    spec = resume_spec(study.stored.reread(), os.fspath(storage) if storage else study.storage, over.pop("broker"))
     if over.get("trainer") is not None or over.get("seed") is not None:
         return study_spec(spec, **over)  # the controller refuses a changed identity, naming the field
     return spec

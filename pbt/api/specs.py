@@ -27,7 +27,7 @@ def study_spec(
     study: StudyLike,
     *,
     trainer: Any = None,
-    storage: str | None = None,
+    storage: str | os.PathLike | None = None,
     broker: str | None = None,
     seed: int | None = None,
     name: str | None = None,
@@ -57,6 +57,8 @@ def study_spec(
         if hasattr(section, "model_dump"):
             section = section.model_dump()
         data["trainer"] = {**(section if isinstance(section, Mapping) else {}), "path": trainer}
+    if isinstance(storage, os.PathLike):
+        storage = os.fspath(storage)
     apply_overrides(data, {"storage": storage, "broker": broker, "seed": seed, "name": name})
     return parse_spec(data, source=source)
 
@@ -66,7 +68,7 @@ def resume_spec(
     storage: str,
     broker: str | None = None,
     *,
-    broker_hint: str = "pass broker=...",
+    broker_hint: str = "pass broker='redis://...' again",
     by: str = "pbt.run",
 ) -> StudySpec:
     """The spec to continue a stored study with, and its pause flag cleared (``pbt resume``).
@@ -79,7 +81,7 @@ def resume_spec(
     if data.get("broker") and not broker:
         raise SpecError(
             f"study {stored.spec.name} ran on Celery workers ({data['broker']}); the stored spec "
-            f"keeps no password: {broker_hint} or set PBT_BROKER_URL"
+            f"keeps no password: {broker_hint}"
         )
     data.update(storage=storage, broker=broker or None)
     spec = parse_spec(data, source=f"the stored spec of {stored.spec.name}")

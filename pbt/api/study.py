@@ -8,6 +8,7 @@ and ``to_dataframe`` flattens them with the same key names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 Per = Literal["trial", "evaluation"]
 
 
-def load_study(name: str, storage: str = "runs") -> Study:
+def load_study(name: str, storage: str | os.PathLike = "runs") -> Study:
     """Open study ``name`` in ``storage`` (a path, ``file:///abs/path`` or ``s3://bucket/prefix``).
 
     Read-only and safe while the study runs (it then reads as partial; :meth:`Study.refresh`
@@ -35,6 +36,7 @@ def load_study(name: str, storage: str = "runs") -> Study:
     :class:`~pbt.errors.StorageUnavailableError` when the storage cannot be read, and
     :class:`~pbt.errors.SpecError` when the stored spec no longer validates.
     """
+    storage = os.fspath(storage)
     return Study(open_study(storage, name), storage)
 
 

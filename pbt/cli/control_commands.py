@@ -81,7 +81,7 @@ def resume(
         from pbt.errors import StudyLockedError
 
         stored = open_study(storage, study)
-        spec = resume_spec(stored, storage, broker, broker_hint="pass --broker", by="pbt resume")
+        spec = resume_spec(stored, storage, broker, broker_hint="pass --broker or set PBT_BROKER_URL", by="pbt resume")
         try:
             drive(spec, workers=workers, quiet=quiet, json_out=json_out, how="resumed on")
         except StudyLockedError as exc:
