@@ -13,15 +13,44 @@ import keyword
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pbt.errors import SpecError
+from pbt.importing import import_path
 from pbt.names import validate_name
 from pbt.space import SearchSpace
 from pbt.urls import redact_url
 
+# Pydantic names the member of a tagged union it tried ("parameters.h0.float.low"): drop the tag.
+_UNION_TAGS = {"float", "int", "discrete", "categorical"}
+_TYPE_NAMES = "float, int, discrete, categorical"
+
+
+def format_errors(exc: ValidationError, prefix: str = "") -> str:
+    """One indented line per error: ``  <prefix><dotted.field.path>: <reason>``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown type; expected one of {_TYPE_NAMES}"
+        lines.append(f"  {prefix}{loc}: {msg}")
+    return "\n".join(lines)
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        """Built from Python (``pbt.StudySpec(...)``): a bad field raises SpecError, as in a study file."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SpecError(f"{type(self).__name__} is invalid:\n{format_errors(exc)}") from None
+
+    # Validation (a study file, a nested mapping) never calls __init__, as for pydantic's own: only a
+    # person constructing a model in Python reaches the translation above (pydantic-settings does the same).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 class Objective(_Model):
@@ -62,8 +91,14 @@ class Budget(_Model):
 
 
 class TrainerSpec(_Model):
-    path: str = Field(description="import path, 'package.module:ClassName'")
+    path: str = Field(description="import path, 'package.module:ClassName' (or ':function')")
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _object_to_path(cls, v: Any) -> Any:
+        """A class or function given from Python becomes its import path (:mod:`pbt.importing`)."""
+        return v if isinstance(v, str) or not callable(v) else import_path(v)
 
 
 class Execution(_Model):
@@ -108,6 +143,20 @@ class Execution(_Model):
 
 
 class StudySpec(_Model):
+    """A whole study, as a study file holds it; build it from Python as ``pbt.StudySpec(...)``.
+
+    Fields (defaults in brackets): ``name`` (letters, digits, ``. _ -``; records live under
+    ``STORAGE/NAME/``), ``objective`` (``{"metric": str, "mode": "min" | "max"}``),
+    ``parameters`` (``{name: {"type": "float" | "int", "low", "high"[, "scale": "log"]}`` or
+    ``{"type": "discrete", "values": [numbers]}`` or ``{"type": "categorical", "values":
+    [strings]}``), ``algorithm`` [``{"name": "pbt", "options": {}}``], ``budget``
+    (``total_steps`` and/or ``max_trials``), ``trainer`` (``{"path": "pkg.mod:Name", "config":
+    {...}}``, or the class or function itself), ``execution`` [parallelism 4, ...], ``storage``
+    [``"runs"``], ``broker`` [None: embedded workers], ``seed`` [0]. Nested parts may be given as
+    dicts or as the models of this module; the README's configuration reference lists every
+    field. A bad field raises :class:`~pbt.errors.SpecError` naming it and the reason.
+    """
+
     name: str
     objective: Objective
     parameters: SearchSpace = Field(min_length=1)
@@ -123,6 +172,12 @@ class StudySpec(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "study name")
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _trainer_object(cls, v: Any) -> Any:
+        """``trainer=MyTrainer`` (a class or function, from Python) is ``trainer={"path": MyTrainer}``."""
+        return {"path": v} if callable(v) and not isinstance(v, BaseModel) else v
 
     @field_validator("parameters")
     @classmethod

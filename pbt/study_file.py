@@ -19,24 +19,8 @@ from pydantic import ValidationError
 
 from pbt.controller.policies import validate_options
 from pbt.errors import SpecError
-from pbt.spec import StudySpec
+from pbt.spec import StudySpec, format_errors
 from pbt.trainers.base import load_trainer_class
-
-# Pydantic names the member of a tagged union it tried ("parameters.h0.float.low"): drop the tag.
-_UNION_TAGS = {"float", "int", "discrete", "categorical"}
-_TYPE_NAMES = "float, int, discrete, categorical"
-
-
-def _format(exc: ValidationError, prefix: str = "") -> str:
-    """One indented line per error: ``  <prefix><dotted.field.path>: <reason>``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_invalid":
-            msg = f"unknown type; expected one of {_TYPE_NAMES}"
-        lines.append(f"  {prefix}{loc}: {msg}")
-    return "\n".join(lines)
 
 
 def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) -> StudySpec:
@@ -52,11 +36,11 @@ def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) 
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc)}") from None
+        raise SpecError(f"{source} is invalid:\n{format_errors(exc)}") from None
     try:
         options = validate_options(spec)
     except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc, 'algorithm.options.')}") from None
+        raise SpecError(f"{source} is invalid:\n{format_errors(exc, 'algorithm.options.')}") from None
     except SpecError as exc:
         raise SpecError(f"{source} is invalid:\n  {exc}") from None
     spec.algorithm.options = options
@@ -74,19 +58,31 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, check_t
     ``overrides`` maps a top-level field (``"seed"``) or ``"section.field"`` to a value; ``None``
     means "keep the file's". Raises SpecError for a missing file, invalid YAML or any bad field.
     """
+    data = read_study_file(path)
+    if isinstance(data, dict):
+        apply_overrides(data, overrides)
+    return parse_spec(data, source=str(path), check_trainer=check_trainer)
+
+
+def read_study_file(path: str | Path) -> Any:
+    """The parsed YAML of a study file, not yet validated; SpecError for a missing file or bad YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        return yaml.safe_load(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
         raise SpecError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict):
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                section, _, field = key.partition(".")
-                if field:
-                    data.setdefault(section, {})[field] = value
-                else:
-                    data[key] = value
-    return parse_spec(data, source=str(path), check_trainer=check_trainer)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> None:
+    """Set ``"field"`` or ``"section.field"`` in raw study data, in place; a None value keeps the data's."""
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            section, _, field = key.partition(".")
+            if field:
+                if not isinstance(data.get(section), dict):
+                    data[section] = {}
+                data[section][field] = value
+            else:
+                data[key] = value

@@ -26,6 +26,8 @@ from typing import Any
 
 
 class StudyState(str, Enum):
+    """Where a study stands, derived from its records: running, pausing, paused, finished or idle."""
+
     RUNNING = "running"  # trials in flight
     PAUSING = "pausing"  # trials in flight, a pause asked for: they finish, nothing new is published
     PAUSED = "paused"  # nothing in flight; `pbt resume` continues it
@@ -70,7 +72,7 @@ def study_state(
 
 
 class Outcome(str, Enum):
-    """What a run of the controller produced; decides ``pbt run``'s exit status."""
+    """What a run of the controller produced: succeeded, failed or paused; decides ``pbt run``'s exit status."""
 
     SUCCEEDED = "succeeded"  # ended with a best trial
     FAILED = "failed"  # aborted (a fatal error, too many failures) or ended with no usable trial
@@ -81,7 +83,7 @@ class Outcome(str, Enum):
 
 
 class EndReason(str, Enum):
-    """What ended a run of the controller."""
+    """What ended a run of the controller (``reason.text`` says it in words); values below."""
 
     TOTAL_STEPS = "total_steps"  # budget.total_steps is spent
     MAX_TRIALS = "max_trials"  # budget.max_trials trials were created

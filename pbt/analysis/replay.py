@@ -188,6 +188,9 @@ def replay(
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             trainer.save(Path(checkpoint_dir))
     finally:
+        close = getattr(trainer, "close", None)
+        if callable(close):
+            close()  # a function trainer's loop ends here
         shutil.rmtree(workdir, ignore_errors=True)
     result.objective = result.segments[-1].objective
     result.steps = steps

@@ -12,12 +12,11 @@ pause.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import typer
 
-from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_logging
+from pbt.cli.common import EXIT_FAILURE, cli_errors, console, setup_logging
 from pbt.cli.options import (
     EmbeddedWorkers,
     Quiet,
@@ -44,14 +43,14 @@ def stop(
     """
     with cli_errors():
         from pbt.analysis.study import open_study
+        from pbt.api.specs import request_pause, wait_until_paused
         from pbt.study_state import StudyState
 
         stored = open_study(storage, study)
         if stored.study_state is StudyState.FINISHED:
             console.print(f"study {study} has already finished; nothing to stop")
             return
-        asked = time.time()
-        stored.store.write_doc("control", {"paused": True, "at": asked, "by": "pbt stop"})
+        asked = request_pause(stored, by="pbt stop")
         console.print(
             f"study {study}: pause requested; the controller publishes nothing new and exits once the "
             f"{stored.in_flight} trial(s) in flight have finished. "
@@ -59,13 +58,9 @@ def stop(
         )
         if not wait:
             return
-        deadline = asked + timeout
-        while time.time() < deadline:
-            state = stored.store.read_doc("state") or {}
-            if state.get("paused") and float(state.get("at", 0)) >= asked - 5.0:
-                console.print(f"study {study} is paused; no trial in flight")
-                return
-            time.sleep(0.5)
+        if wait_until_paused(stored, asked, timeout):
+            console.print(f"study {study} is paused; no trial in flight")
+            return
         console.print(f"[red]timed out[/red] after {timeout:g}s: is a controller running study {study}?")
         raise typer.Exit(EXIT_FAILURE)
 
@@ -91,22 +86,12 @@ def resume(
     setup_logging(verbose)
     with cli_errors():
         from pbt.analysis.study import open_study
+        from pbt.api.specs import resume_spec
         from pbt.errors import StudyLockedError
-        from pbt.study_file import parse_spec
 
         stored = open_study(storage, study)
-        data = dict(stored.spec_doc)
-        if data.get("broker") and not broker:
-            console.print(
-                f"[red]error:[/red] study {study} ran on Celery workers ({data['broker']}); the stored spec "
-                "keeps no password: pass --broker or set PBT_BROKER_URL"
-            )
-            raise typer.Exit(EXIT_USAGE)
-        data.update(storage=storage, broker=broker or None)
-        if tensorboard:
-            data["execution"] = {**data.get("execution", {}), "tensorboard": tensorboard}
-        spec = parse_spec(data, source=f"the stored spec of {study}")
-        stored.store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
+        spec = resume_spec(stored, storage, broker, broker_hint="pass --broker or set PBT_BROKER_URL", by="pbt resume",
+                           tensorboard=tensorboard)
         try:
             drive(spec, workers=workers, quiet=quiet, json_out=json_out, how="resumed on")
         except StudyLockedError as exc:

@@ -42,10 +42,9 @@ def run(
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
     with cli_errors():
-        from pbt.study_file import load_spec
+        from pbt.api import study_spec
 
-        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name,
-                                      "execution.tensorboard": tensorboard})
+        spec = study_spec(study_file, storage=storage, broker=broker, seed=seed, name=name, tensorboard=tensorboard)
         drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on",
               source=str(study_file))
 
@@ -153,19 +152,13 @@ def status(
     """Show a study: progress and ETA, workers busy/idle, best so far, top trials (works while it runs)."""
     with cli_errors():
         from pbt.analysis.status import overview
-        from pbt.analysis.study import open_study
+        from pbt.api import load_study
         from pbt.cli import live
-        from pbt.lineage import trial_json
 
-        stored = open_study(storage, study)
+        loaded = load_study(study, storage)
+        stored = loaded.stored
         if json_out:
-            best = stored.best
-            print(json.dumps({
-                "study": stored.spec_doc,
-                "trials": [trial_json(t) for t in stored.trials],
-                "best": trial_json(best) if best else None,
-                "state": stored.state,
-            }))
+            print(json.dumps(loaded.to_json()))
             return
 
         def load():

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pbt.errors import NotFoundError, StorageError
+from pbt.errors import NotFoundError, StorageError, StudyNotFoundError
 from pbt.names import validate_name
 from pbt.storage import open_object_store
 from pbt.storage.base import ObjectStore
@@ -56,7 +56,7 @@ class StudyStore:
         try:
             return json.loads(self.objects.get_bytes(self.key("spec.json")))
         except NotFoundError:
-            raise NotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
+            raise StudyNotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
 
     def write_doc(self, name: str, doc: dict[str, Any]) -> None:
         self.objects.put_bytes(self.key(name + ".json"), json.dumps(doc, sort_keys=True).encode())
@@ -153,7 +153,7 @@ def _segment_name(seq: int) -> str:
 def open_study_store(storage: str, study: str) -> StudyStore:
     """The store of an existing study in ``storage`` (a path, ``file://`` or ``s3://`` URI).
 
-    Raises NotFoundError naming the study and the storage when there is no such study. Readers
+    Raises StudyNotFoundError naming the study and the storage when there is none. Readers
     want :func:`pbt.analysis.study.open_study`, which also reads what the store holds.
     """
     store = StudyStore(open_object_store(storage), study)

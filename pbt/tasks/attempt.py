@@ -26,6 +26,7 @@ the trial's. An objective that is NaN or infinite at *any* evaluation ends the a
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import socket
@@ -110,7 +111,18 @@ def run_attempt(
             scope=scope,
         )
     finally:
+        close_trainer(attempt.trainer)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def close_trainer(trainer: Any) -> None:
+    """Call a trainer's optional ``close()`` (a function trainer's loop ends there); never raises."""
+    close = getattr(trainer, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:  # the attempt's result is decided; a failing close must not change it
+            logging.getLogger("pbt.worker").warning("the trainer's close() raised: %s: %s", type(exc).__name__, exc)
 
 
 def classify(exc: BaseException) -> tuple[FailureScope, bool]:
