@@ -6,10 +6,14 @@ what "better", "best" and "schedule" mean. Pure functions over trial records.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from pbt.pareto import nondominated_ranks
 from pbt.space import Value
 from pbt.spec import Objective
 from pbt.trial import Trial
@@ -36,6 +40,30 @@ def best_trial(trials: Sequence[Trial], objective: Objective) -> Trial | None:
         if t.usable and (best is None or is_better(t, best, objective)):
             best = t
     return best
+
+
+def objective_point(trial: Trial, objectives: Sequence[Objective]) -> list[float]:
+    """The trial's value of each objective, signed so that larger is better; non-finite or missing
+    values are the worst (-inf). Taken from its last evaluation, the primary from ``objective``."""
+    last = trial.metrics[-1].values if trial.metrics else {}
+    point = []
+    for i, objective in enumerate(objectives):
+        value = trial.objective if i == 0 and trial.objective is not None else last.get(objective.metric)
+        point.append(objective.sign() * value if value is not None and math.isfinite(value) else -math.inf)
+    return point
+
+
+def pareto_front(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
+    """The usable trials no other usable trial dominates, best primary objective first.
+
+    With one objective it is the best trial (all of those tied with it).
+    """
+    usable = [t for t in trials if t.usable]
+    if not usable:
+        return []
+    ranks = nondominated_ranks(np.array([objective_point(t, objectives) for t in usable], dtype=float))
+    front = [t for t, r in zip(usable, ranks) if r == 0]
+    return sorted(front, key=lambda t: (-objective_point(t, objectives[:1])[0], t.number))
 
 
 def lineage(trials: Sequence[Trial], trial: Trial) -> list[Trial]:

@@ -13,7 +13,16 @@ import keyword
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pbt.errors import SpecError
 from pbt.importing import import_path
@@ -30,11 +39,14 @@ def format_errors(exc: ValidationError, prefix: str = "") -> str:
     """One indented line per error: ``  <prefix><dotted.field.path>: <reason>``."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        parts = list(err["loc"])
+        if parts[:1] == ["further_objectives"] and len(parts) > 1 and isinstance(parts[1], int):
+            parts = ["objective", parts[1] + 1, *parts[2:]]  # the list the user wrote, not our split of it
+        loc = ".".join(str(p) for p in parts if not (isinstance(p, str) and p in _UNION_TAGS))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             msg = f"unknown type; expected one of {_TYPE_NAMES}"
-        lines.append(f"  {prefix}{loc}: {msg}")
+        lines.append(f"  {prefix}{loc}: {msg}" if loc else f"  {prefix}{msg}")
     return "\n".join(lines)
 
 
@@ -159,6 +171,7 @@ class StudySpec(_Model):
 
     name: str
     objective: Objective
+    further_objectives: list[Objective] = Field(default_factory=list, exclude=True)
     parameters: SearchSpace = Field(min_length=1)
     algorithm: Algorithm = Field(default_factory=Algorithm)
     budget: Budget
@@ -172,6 +185,36 @@ class StudySpec(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "study name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _several_objectives(cls, data: Any) -> Any:
+        """``objective: [{...}, {...}]`` names several objectives; the first is the primary one."""
+        if isinstance(data, dict) and isinstance(data.get("objective"), (list, tuple)):
+            objectives = list(data["objective"])
+            if not objectives:
+                raise ValueError("objective: name at least one {metric, mode}")
+            data = {**data, "objective": objectives[0], "further_objectives": objectives[1:]}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_objectives(self) -> StudySpec:
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objective: each metric may appear once, got {metrics}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _join_objectives(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.further_objectives:
+            data["objective"] = [data["objective"], *(o.model_dump() for o in self.further_objectives)]
+        return data
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """Every objective, the primary one first: what a Pareto front is taken over."""
+        return [self.objective, *self.further_objectives]
 
     @field_validator("trainer", mode="before")
     @classmethod

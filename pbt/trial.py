@@ -132,6 +132,7 @@ class TrialTask(_Model):
     trainer: str
     trainer_config: dict[str, Any] = Field(default_factory=dict)
     objective_metric: str
+    further_objective_metrics: list[str] = Field(default_factory=list)  # a study's other objectives
     seed: int
     checkpoint_every: int | None = None
     evaluate_every_checkpoint: bool = True

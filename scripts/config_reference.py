@@ -31,12 +31,14 @@ END = "<!-- config-reference:end -->"
 
 NOTES: dict[str, str] = {
     "name": "study name: letters, digits, `.`, `_`, `-`; the records live under `STORAGE/NAME/`",
-    "objective": "what to optimise",
+    "objective": "what to optimise; a list of them for several objectives (the first is the primary one; "
+    "PBT then ranks by Pareto dominance)",
     "objective.metric": "key of the trainer's `evaluate()` result",
     "objective.mode": "`min` or `max`",
     "parameters": "the search space, one entry per hyperparameter: `{type: float, low, high}` (or `int`; "
     "add `scale: log` for a log scale), `{type: discrete, values: [numbers]}`, "
-    "`{type: categorical, values: [strings]}`",
+    "`{type: categorical, values: [strings]}`; any of them `mutable: false` to keep it fixed along a lineage "
+    "(architecture choices)",
     "algorithm": "the search policy",
     "execution": "how trials run",
     "algorithm.name": "`pbt`, `random`, `grid`, `bayes`, or `package.module:MyPolicy`",
@@ -89,6 +91,8 @@ def _default(field) -> str:
 def _rows(model: type[BaseModel], prefix: str, note_prefix: str | None = None) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # set from another field (several objectives: `objective` as a list)
         key = f"{note_prefix if note_prefix is not None else prefix}{name}"
         desc = field.description or NOTES.get(key, "")
         ann = field.annotation

@@ -100,3 +100,40 @@ def test_a_tiny_wavenet_pbt_study_runs_end_to_end(tmp_path: Path) -> None:
 
 def load_trials(tmp_path: Path):
     return StudyStore(open_object_store(str(tmp_path / "runs")), "wavenet-e2e").load_trials()
+
+
+def test_the_two_objective_example_trades_bits_per_sample_against_size_and_reports_its_front(tmp_path: Path) -> None:
+    # examples/wavenet-pareto.yaml, shrunk: validation bits/sample against model size, with the
+    # architecture a per-member choice that explore never changes (`mutable: false`).
+    import yaml
+
+    data = tmp_path / "speech"
+    build_speech_corpus(data, seed=0, sentences=6, voices=["en-us", "en"], validation_fraction=0.34)
+    study = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("examples/wavenet-pareto.yaml").read_text())
+    study["parameters"]["residual_channels"]["values"] = [4, 8, 16]
+    study["parameters"]["layers_per_stack"] = {"type": "int", "low": 2, "high": 4, "mutable": False}
+    study["algorithm"]["options"] = {"population_size": 4, "steps_per_trial": 10}
+    study["budget"] = {"total_steps": 120}
+    study["trainer"]["config"].update(data=str(data), stacks=1, dilation_channels=8, skip_channels=16, crop=256,
+                                      val_crops=4, device="cpu")
+    study["execution"] = {"parallelism": 2, "checkpoint_every": 10}
+    study["storage"] = str(tmp_path / "runs")
+    spec = parse_spec(study)
+    assert run_study(spec, workers=2).finished
+    trials = StudyStore(open_object_store(str(tmp_path / "runs")), spec.name).load_trials()
+    by_id = {t.id: t for t in trials}
+    for t in trials:
+        if t.parent:  # the architecture never changes along a lineage: the child loaded its parent's weights
+            parent = by_id[t.parent]
+            assert {k: t.params[k] for k in ("residual_channels", "layers_per_stack")} == \
+                {k: parent.params[k] for k in ("residual_channels", "layers_per_stack")}
+            assert t.warm_start == parent.checkpoint
+    assert all(t.status is TrialStatus.COMPLETED for t in trials)
+    assert len({t.metrics[-1].values["params"] for t in trials}) > 1  # members of different sizes
+    storage = str(tmp_path / "runs")
+    status = pbt("status", spec.name, "--storage", storage)
+    assert "Pareto front:" in status.stdout, status.stdout
+    report = pbt("report", spec.name, "--storage", storage, "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "front.png").exists()
+    assert "Pareto front" in (tmp_path / "report" / "index.html").read_text()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbt.analysis.budget import BudgetUse
-from pbt.lineage import best_trial
+from pbt.lineage import best_trial, pareto_front
 from pbt.spec import StudySpec
 from pbt.study_state import Ending, StudyState, ending, study_state
 from pbt.trial import Trial, TrialStatus
@@ -48,6 +48,8 @@ class Overview:
     steps_per_second: float | None = None
     eta_seconds: float | None = None
     ending: Ending | None = None  # how the controller's last run ended, once it has
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, mode) of every objective
+    front: list[Trial] = field(default_factory=list)  # the Pareto front, with several objectives
 
     @property
     def steps_done(self) -> int:
@@ -81,6 +83,8 @@ def overview(
         counts=dict(sorted(counts.items())),
         budget=BudgetUse.of(spec.budget, trials),
         best=best_trial(trials, spec.objective),
+        objectives=[(o.metric, o.mode) for o in spec.objectives],
+        front=pareto_front(trials, spec.objectives) if len(spec.objectives) > 1 else [],
         busy=dict(sorted(busy.items())),
         idle=sorted(recent - set(busy)),
     )

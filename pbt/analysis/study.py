@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt.errors import NotFoundError
-from pbt.lineage import best_trial
+from pbt.lineage import best_trial, pareto_front
 from pbt.spec import StudySpec
 from pbt.storage.study_store import StudyStore, open_study_store
 from pbt.study_file import parse_spec
@@ -48,8 +48,14 @@ class StoredStudy:
 
     @cached_property
     def best(self) -> Trial | None:
-        """The best usable trial so far (:func:`pbt.lineage.best_trial`)."""
+        """The best usable trial so far (:func:`pbt.lineage.best_trial`), by the primary objective."""
         return best_trial(self.trials, self.spec.objective)
+
+    @cached_property
+    def front(self) -> list[Trial]:
+        """The Pareto front over every objective (:func:`pbt.lineage.pareto_front`); with one
+        objective, the best trial."""
+        return pareto_front(self.trials, self.spec.objectives)
 
     def trial(self, trial_id: str | None = None) -> Trial:
         """The trial ``trial_id`` (``t000042``), or the best one when None.

@@ -76,6 +76,12 @@ class Study:
         return self.stored.best
 
     @property
+    def front(self) -> list[Trial]:
+        """The Pareto front: usable trials no other usable trial beats in every objective, best primary
+        objective first. With one objective, the best trial (and any tied with it)."""
+        return self.stored.front
+
+    @property
     def state(self) -> StudyState:
         """running, pausing, paused, finished or idle (:class:`~pbt.study_state.StudyState`)."""
         return self.stored.study_state
@@ -126,10 +132,11 @@ class Study:
         return overview(s.spec, s.trials, s.state, s.control)
 
     def to_json(self) -> dict[str, Any]:
-        """Exactly what ``pbt status --json`` prints: ``{"study": spec, "trials": [...], "best": ..., "state": ...}``.
+        """Exactly what ``pbt status --json`` prints: ``{"study", "trials", "best", "front", "state"}``.
 
         ``study`` is the stored spec (broker password stripped); each trial is
-        :func:`pbt.lineage.trial_json` (its record plus ``lineage_steps``); ``state`` is the
+        :func:`pbt.lineage.trial_json` (its record plus ``lineage_steps``); ``front`` the ids of the
+        Pareto front (:attr:`front`); ``state`` is the
         controller's state document (``outcome``, ``reason``, ``message``, ...) or None.
         """
         best = self.best
@@ -137,6 +144,7 @@ class Study:
             "study": self.stored.spec_doc,
             "trials": [trial_json(t) for t in self.trials],
             "best": trial_json(best) if best else None,
+            "front": [t.id for t in self.front],
             "state": self.stored.state,
         }
 

@@ -66,6 +66,8 @@ def render(ov: Overview) -> RenderableType:
         ))
     else:
         lines.append(Text(f"best {ov.metric}: none yet"))
+    if ov.front:
+        lines.append(_front(ov))
     workers = Table(title=f"workers: {len(ov.busy)} busy, {len(ov.idle)} idle", title_justify="left", box=None,
                     padding=(0, 2), show_edge=False)
     for col in ("worker", "state", "trial", "step", "hyperparameters"):
@@ -79,6 +81,24 @@ def render(ov: Overview) -> RenderableType:
     else:
         lines.append(Text("workers: none seen in the last 10 minutes", "dim"))
     return Group(*lines)
+
+
+def _front(ov: Overview) -> RenderableType:
+    """The Pareto front, one row per trial, each objective's value."""
+    table = Table(title=f"Pareto front: {len(ov.front)} trial(s) no other beats in every objective",
+                  title_justify="left", box=None, padding=(0, 2), show_edge=False)
+    table.add_column("trial")
+    for metric, mode in ov.objectives:
+        table.add_column(f"{metric} ({mode})", justify="right")
+    table.add_column("hyperparameters")
+    shown = ov.front if len(ov.front) <= 12 else ov.front[:12]
+    for t in shown:
+        last = t.metrics[-1].values if t.metrics else {}
+        cells = [f"{last[m]:.6g}" if m in last else "—" for m, _ in ov.objectives]
+        table.add_row(t.id, *cells, _params(t.params))
+    if len(ov.front) > len(shown):
+        table.add_row(f"… {len(ov.front) - len(shown)} more", *["" for _ in ov.objectives], "")
+    return table
 
 
 def watch(load: Callable[[], Overview], interval: float, console) -> Overview:

@@ -187,6 +187,7 @@ class Attempts:
             trainer=self.spec.trainer.path,
             trainer_config=self.spec.trainer.config,
             objective_metric=self.spec.objective.metric,
+            further_objective_metrics=[o.metric for o in self.spec.further_objectives],
             seed=self.spec.seed,
             checkpoint_every=execution.checkpoint_every,
             evaluate_every_checkpoint=execution.evaluate_every_checkpoint,

@@ -127,8 +127,8 @@ def close_trainer(trainer: Any) -> None:
 
 def classify(exc: BaseException) -> tuple[FailureScope, bool]:
     """``(scope, retryable)`` of the exception that ended an attempt."""
-    if isinstance(exc, TrainerContractError) or _raised_by_the_call(exc):
-        return FailureScope.STUDY, False
+    if isinstance(exc, (TrainerContractError, SpecError)) or _raised_by_the_call(exc):
+        return FailureScope.STUDY, False  # a SpecError from a trainer: its config or the space is wrong
     retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
     return FailureScope.TRIAL, retryable
 
@@ -223,14 +223,17 @@ class _Attempt:
             return self.result(TrialStatus.FAILED, error=self.diverged, retryable=False, diverged=True)
         if objective is None:
             return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
-        if not math.isfinite(objective):
-            self._progress()
-            return self.result(
-                TrialStatus.FAILED,
-                error=f"objective {task.objective_metric} is {objective} at step {self.steps_done} (not finite)",
-                retryable=False,
-                diverged=True,
+        values = self.metrics[-1].values
+        missing = [m for m in task.further_objective_metrics if m not in values]
+        if missing:
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned no {missing} (got {sorted(values)}); "
+                "check objective in the study file"
             )
+        diverged = self._non_finite(values)
+        if diverged:
+            self._progress()
+            return self.result(TrialStatus.FAILED, error=f"{diverged} (not finite)", retryable=False, diverged=True)
         self._save(workdir / "final", final=True)
         self._prune_in_trial_checkpoints()
         self._progress()
@@ -240,10 +243,9 @@ class _Attempt:
         """Save an in-trial checkpoint, report progress, honour an interrupt; True: stopped."""
         latest = self.metrics[-1] if self.metrics else None
         if latest is not None and latest.step == self.steps_done:
-            value = latest.values.get(self.task.objective_metric)
-            if value is not None and not math.isfinite(value):
-                self.diverged = (f"objective {self.task.objective_metric} is {value} at step {self.steps_done} "
-                                 "(not finite): stopped at once")
+            diverged = self._non_finite(latest.values)
+            if diverged:
+                self.diverged = f"{diverged} (not finite): stopped at once"
                 self._progress()
                 return True
         interrupt = self.reporter.interrupt()
@@ -253,6 +255,14 @@ class _Attempt:
         if interrupt == "preempt":
             raise Preempted(f"{self.task.trial_id} saved at step {self.steps_done} and handed back")
         return interrupt == "stop"
+
+    def _non_finite(self, values: dict[str, float]) -> str | None:
+        """``objective q is nan at step 40`` if an objective in ``values`` is not finite."""
+        for metric in (self.task.objective_metric, *self.task.further_objective_metrics):
+            value = values.get(metric)
+            if value is not None and not math.isfinite(value):
+                return f"objective {metric} is {value} at step {self.steps_done}"
+        return None
 
     def _restore(self, directory: Path, driver: TrainerDriver) -> TrialResult | None:
         """Load own latest checkpoint, else the parent's (with lineage fallback), and set ``driver``'s start."""

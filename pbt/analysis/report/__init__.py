@@ -18,6 +18,7 @@ from pbt.spec import StudySpec
 from pbt.trial import Trial
 
 FIGURES = ("objective.png", "schedules.png", "lineage.png", "times.png")
+FRONT = "front.png"  # drawn for studies with two (or more: the first two) objectives
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class Report:
 
     @property
     def files(self) -> list[Path]:
-        return [self.html, self.directory / "report.json", *(self.directory / f for f in FIGURES)]
+        figures = [*FIGURES, FRONT] if len(self.data.objectives) > 1 else list(FIGURES)
+        return [self.html, self.directory / "report.json", *(self.directory / f for f in figures)]
 
 
 def write_report(
@@ -49,6 +51,8 @@ def write_report(
         "lineage.png": plots.tree_figure,
         "times.png": plots.times_figure,
     }
+    if len(data.objectives) > 1:
+        builders[FRONT] = plots.front_figure
     figures = {name: plots.png(build(data)) for name, build in builders.items()}
     for name, body in figures.items():
         (out / name).write_bytes(body)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pbt.analysis.budget import BudgetUse
 from pbt.analysis.status import worker_name
-from pbt.lineage import best_trial, lineage, schedule
+from pbt.lineage import best_trial, lineage, pareto_front, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
 from pbt.study_state import ending, study_state
@@ -29,6 +29,15 @@ from pbt.trial import Timings, Trial
 
 PHASES: tuple[str, ...] = tuple(Timings.model_fields)
 TOP_TRIALS = 20
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """A usable trial's value of every objective, and whether no other usable trial dominates it."""
+
+    trial: str
+    values: list[float]
+    on_front: bool
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,13 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     root_fates: list[RootFate] = field(default_factory=list)  # every lineage root, survivors first
     time_use: TimeUse | None = None  # what the time breakdown means for this study
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, mode), the primary first
+    points: list[FrontPoint] = field(default_factory=list)  # usable trials' objectives (several objectives)
+
+    @property
+    def front(self) -> list[FrontPoint]:
+        """The Pareto front, best primary objective first (empty with one objective)."""
+        return [p for p in self.points if p.on_front]
 
     @property
     def trials(self) -> int:
@@ -335,7 +351,24 @@ def prepare(
         top=_top(spec, trials),
         storage=storage,
         notes=notes,
+        objectives=[(o.metric, o.mode) for o in spec.objectives],
+        points=_front_points(spec, trials),
     )
+
+
+def _front_points(spec: StudySpec, trials: Sequence[Trial]) -> list[FrontPoint]:
+    """With several objectives, every usable trial's point; the front first, best primary first."""
+    if len(spec.objectives) < 2:
+        return []
+    front = {t.id for t in pareto_front(trials, spec.objectives)}
+    points = []
+    for t in trials:
+        if t.usable:
+            last = t.metrics[-1].values if t.metrics else {}
+            values = [t.objective if i == 0 else last.get(o.metric, math.nan) for i, o in enumerate(spec.objectives)]
+            points.append(FrontPoint(t.id, [float(v) for v in values], t.id in front))
+    sign = spec.objective.sign()
+    return sorted(points, key=lambda p: (not p.on_front, -sign * p.values[0], p.trial))
 
 
 def time_use(spec: StudySpec, trials: Sequence[Trial]) -> TimeUse:

@@ -136,6 +136,31 @@ def _draw_objective(ax, data: ReportData, colors, f) -> None:
     ax.grid(alpha=0.3)
 
 
+def front_figure(data: ReportData) -> Figure:
+    """Two objectives: every completed trial as a point, the Pareto front joined and marked."""
+    (mx, modex), (my, modey) = data.objectives[:2]
+    fig = Figure(figsize=(7.5, 5.0), dpi=DPI)
+    ax = fig.subplots()
+    others = [p for p in data.points if not p.on_front]
+    front = sorted(data.front, key=lambda p: p.values[0])
+    if others:
+        ax.scatter([p.values[0] for p in others], [p.values[1] for p in others], s=14, color="0.65",
+                   label="completed trials", zorder=2)
+    if front:
+        xs, ys = [p.values[0] for p in front], [p.values[1] for p in front]
+        ax.plot(xs, ys, color="tab:red", lw=1.2, drawstyle="steps-post" if modey == "min" else "steps-pre",
+                zorder=3)
+        ax.scatter(xs, ys, s=36, color="tab:red", edgecolor="black", lw=0.6, label="Pareto front", zorder=4)
+        for p in front[:15]:
+            ax.annotate(p.trial, (p.values[0], p.values[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"{mx} ({modex}imise)")
+    ax.set_ylabel(f"{my} ({modey}imise)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def schedule_figure(data: ReportData) -> Figure:
     """Each hyperparameter: every trial's value (thin, by root) and the best lineage's (black)."""
     colors = root_colors(data)

@@ -83,6 +83,9 @@ class BayesianOptimization(FromScratch):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
+        if len(spec.objectives) > 1:
+            raise ValueError("bayes optimises one objective; give `objective` a single {metric, mode} "
+                             "(several objectives: use pbt, which ranks by Pareto dominance)")
         self.optuna = _import_optuna()
         self.num_trials = self.resolve_num_trials(self.options.num_trials)
         self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)

@@ -26,6 +26,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pbt.controller.evolution import (
+    Fitness,
+    ParetoFitness,
     Population,
     Reproduction,
     Tournament,
@@ -49,7 +51,9 @@ class PBTOptions(Options):
     resample_probability: float = Field(default=0.25, ge=0, le=1)
     explore_on_win: bool = Field(default=False, description="also perturb a member that won its tournament")
     fitness_weights: dict[str, float] | None = Field(
-        default=None, description="fitness = Σ weight×metric instead of the objective"
+        default=None,
+        description="fitness = Σ weight×metric instead of the objective; with several objectives and no "
+        "weights, members are ranked by Pareto dominance",
     )
 
     @model_validator(mode="after")
@@ -72,15 +76,15 @@ class PBT(Policy):
             else Truncation(o.truncation_fraction, o.population_size)
         )
         self.reproduction = Reproduction(self.space, o.perturb_factors, o.resample_probability)
-        self._fitness = (
-            weighted_fitness(o.fitness_weights) if o.fitness_weights else objective_fitness(self.objective.sign())
-        )
-
-    def fitness(self, trial: Trial) -> float:
-        return self._fitness(trial)
+        if o.fitness_weights:
+            self.fitness_model: Fitness = weighted_fitness(o.fitness_weights)
+        elif len(spec.objectives) > 1:
+            self.fitness_model = ParetoFitness(tuple(spec.objectives))
+        else:
+            self.fitness_model = objective_fitness(self.objective.sign())
 
     def _population(self, trials: Sequence[Trial]) -> Population:
-        return Population(TrialView.of(trials), self.fitness)
+        return Population(TrialView.of(trials), self.fitness_model)
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         steps = self.options.steps_per_trial
