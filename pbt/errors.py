@@ -45,6 +45,19 @@ class CorruptCheckpointError(FatalError):
     """A checkpoint's manifest or one of its parts fails verification."""
 
 
+class ServiceError(FatalError):
+    """A service pbt needs cannot be used from this machine: the broker is unreachable or refuses
+    us (a wrong password), storage is unreachable or forbidden, a bucket is missing.
+
+    Neither the study's fault nor a trial's: the machine's configuration is. The CLI prints it as
+    one line naming the URL (password masked) and exits with its own status (README, "Exit status");
+    a worker counts it against itself, not against the trial.
+    """
+
+    #: The exit status of a CLI command that hit one, and of a worker that retired because of them.
+    exit_code = 5
+
+
 class StorageUnavailableError(PbtError):
     """The storage cannot be used: unreachable after retries, or refusing us.
 
@@ -54,7 +67,7 @@ class StorageUnavailableError(PbtError):
     """
 
 
-class StorageConfigError(FatalError, StorageUnavailableError):
+class StorageConfigError(ServiceError, StorageUnavailableError):
     """Storage refuses us for a reason retrying will not fix: no bucket, no permission, no credentials."""
 
 

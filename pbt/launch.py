@@ -6,13 +6,58 @@ Used by ``pbt run``, the tests and the benchmarks alike, so all of them exercise
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import unquote, urlparse
 
 from pbt.controller.lease import Lease, local_lease
 from pbt.controller.loop import Controller, Snapshot
+from pbt.errors import ServiceError, StorageError
 from pbt.spec import StudySpec
 from pbt.storage import open_object_store
+from pbt.storage.keys import join
 from pbt.storage.study_store import StudyStore
 from pbt.tasks.executor import Executor
+from pbt.urls import redact_url
+
+
+def check_services(spec: StudySpec) -> None:
+    """Reach the study's storage and broker before anything is printed or written.
+
+    Raises :class:`~pbt.errors.ServiceError` with one line that names the URL (password masked)
+    and the cause: storage unreachable, forbidden or missing its bucket; the broker unreachable or
+    refusing our password.
+    """
+    import os
+
+    try:
+        objects = open_object_store(spec.storage)
+        if objects.uri.startswith("file://"):
+            root = unquote(urlparse(objects.uri).path)
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise ServiceError(f"storage {objects.uri}: not writable by this user")
+        objects.exists(join(spec.name, "spec.json"))  # credentials, bucket and permissions, in one request
+    except OSError as exc:
+        raise ServiceError(f"storage {spec.storage}: cannot use it: {exc.strerror or exc}") from None
+    except StorageError as exc:
+        raise ServiceError(f"storage unreachable: {exc}") from None
+    if spec.broker:
+        check_broker(spec.broker)
+
+
+def check_broker(url: str) -> None:
+    """One PING to the broker; raises ServiceError naming it (password masked) and the cause."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+            redis.exceptions.ResponseError) as exc:
+        raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check the password in the URL)") from None
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ServiceError(f"broker {redact_url(url)} unreachable: {exc}") from None
+
+
+class BrokerRefused(ServiceError):
+    """The broker answers but will not serve us (a wrong password): retrying cannot help."""
 
 
 def make_executor(spec: StudySpec, workers: int | None = None) -> tuple[Executor, Lease]:

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pbt.errors import PbtError, SpecError, StudyLockedError
+from pbt.errors import PbtError, ServiceError, SpecError, StorageError, StudyLockedError
+from pbt.urls import redact_logs, redact_secrets
 
 #: Columns when output goes to a file or a pipe (and COLUMNS is unset): rich would wrap tables at
 #: 80 there; tables are only as wide as their content, so this is just a limit.
@@ -39,6 +40,7 @@ EXIT_FAILURE = 1  # the study failed (a fatal error, too many failures, no trial
 EXIT_USAGE = 2  # bad study file or flags, as Click uses for usage errors
 EXIT_LOCKED = 3  # another controller drives this study
 EXIT_PAUSED = 4  # paused with `pbt stop`: `pbt resume` continues it
+EXIT_ENVIRONMENT = ServiceError.exit_code  # 5: broker or storage unreachable, refusing us, or a bucket missing
 EXIT_INTERRUPTED = 130
 
 T = TypeVar("T")
@@ -47,6 +49,7 @@ T = TypeVar("T")
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    redact_logs()  # no credentials in any log line, at any level
 
 
 @contextmanager
@@ -61,12 +64,29 @@ def cli_errors() -> Iterator[None]:
     except StudyLockedError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_LOCKED) from None
+    except (ServiceError, StorageError) as exc:
+        console.print(f"[red]error:[/red] {escape(redact_secrets(str(exc)))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
     except PbtError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILURE) from None
     except KeyboardInterrupt:
         console.print("interrupted; the study resumes from its records with the same command")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if not _is_broker_error(exc):
+            raise
+        console.print(f"[red]error:[/red] the broker is unusable: {type(exc).__name__}: "
+                      f"{escape(redact_secrets(str(exc)))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    """A Redis or kombu connection error that reached the command line (the broker went away mid-run)."""
+    module = type(exc).__module__
+    return module.startswith(("redis.", "kombu.")) and any(
+        word in type(exc).__name__ for word in ("Connection", "Timeout", "Authentication", "Operational")
+    )
 
 
 def call(fn: Callable[[], T]) -> T:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pbt.cli.common import cli_errors, console, out
 from pbt.cli.options import StudyStorage, workers_option
-from pbt.errors import CorruptCheckpointError, SpecError
+from pbt.errors import SpecError
 
 
 def _csv(value: str | None, kind: type = str) -> list | None:
@@ -78,7 +78,8 @@ def speech(
 
 def sample(
     study: str = typer.Argument(
-        ..., help="study name (its best trial's model, or --trial's); a folder holding wavenet.pt also works"
+        ..., help="study name (its best trial's model, or --trial's); or a checkpoint pbt saved: its address "
+                  "(file://..., s3://...) or local folder (with its MANIFEST.json)"
     ),
     trial: str | None = typer.Option(None, "--trial", "-t", help="trial id (default: the best trial)"),
     storage: StudyStorage = "runs",
@@ -93,11 +94,14 @@ def sample(
 
     The trial's final checkpoint is read from the study's storage (a path, file:// or s3://).
 
-    STUDY may instead be a local checkpoint folder (any path with a /), e.g. from pbt replay --save-checkpoint.
+    STUDY may instead be a checkpoint's address or folder (anything with a /), e.g. the one pbt replay
+    --save-checkpoint prints. Every checkpoint is loaded like a worker loads one: each part checked
+    against the SHA-256 in its MANIFEST.json, so a damaged or tampered checkpoint is refused.
     """
     with cli_errors():
         import tempfile
 
+        from pbt.storage.checkpoints import load_from_url
         from pbt.wavenet.trainer import sample_audio
 
         started = time.perf_counter()
@@ -106,7 +110,8 @@ def sample(
             if "/" in study:
                 if trial:
                     raise SpecError("--trial picks a trial of a study; it does not apply to a checkpoint folder")
-                source, what = _local_checkpoint(study), study
+                source, what = Path(tmp) / "checkpoint", study
+                load_from_url(study, source)  # verified part by part, like a worker's warm start
             else:
                 source, what = _study_checkpoint(study, trial, storage, Path(tmp) / "checkpoint")
             with console.status(f"generating {seconds:g} s of audio from {what}"):
@@ -127,20 +132,3 @@ def _study_checkpoint(study: str, trial_id: str | None, storage: str, directory:
     metric = stored.spec.objective.metric
     score = f", {metric} {trial.objective:.4g}" if trial.objective is not None else ""
     return directory, f"{study} {'best trial ' if trial_id is None else ''}{trial.id}{score}"
-
-
-def _local_checkpoint(checkpoint: str) -> Path:
-    if checkpoint.startswith("file://"):
-        checkpoint = checkpoint.removeprefix("file://")
-    elif "://" in checkpoint:
-        raise SpecError(f"{checkpoint}: pbt sample reads local checkpoint folders for now; download it first")
-    path = Path(checkpoint)
-    if path.is_file() or (path / "wavenet.pt").is_file():
-        return path
-    if not path.exists():
-        raise CorruptCheckpointError(f"{path}: no such checkpoint folder")
-    found = sorted(path.rglob("wavenet.pt"))
-    if len(found) != 1:
-        what = "no wavenet.pt" if not found else f"{len(found)} wavenet.pt files (pick one folder)"
-        raise CorruptCheckpointError(f"{path}: {what} below this folder")
-    return found[0].parent

@@ -32,6 +32,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from pbt.errors import CorruptCheckpointError, NotFoundError, PbtError, StorageError
 from pbt.storage.base import ObjectStore
@@ -271,3 +272,40 @@ class CheckpointStore:
         parts = list(self.objects.list(join(name, "parts") + "/"))
         self.objects.delete(o.key for o in parts)
         return freed + sum(o.size for o in parts)
+
+
+def load_from_url(where: str, directory: Path) -> Manifest:
+    """Load and verify the checkpoint at ``where`` into ``directory``.
+
+    ``where`` is a checkpoint's address as pbt prints it (``file:///…/<name>``,
+    ``s3://bucket/prefix/<name>``) or a local path to the same folder: it must hold a
+    ``MANIFEST.json``, and every part is checked against its SHA-256 like a worker's warm start.
+    A folder without a manifest cannot be verified and is refused.
+    """
+    from pbt.storage import normalize_uri, open_object_store
+
+    uri = normalize_uri(where).rstrip("/")
+    scheme, _, rest = uri.partition("://")
+    head, _, last = rest.rpartition("/")
+    if last == MANIFEST:  # the manifest itself was named
+        uri = f"{scheme}://{head}"
+    raw_root, _, leaf = uri.rpartition("/")
+    if scheme == "file" and not Path(unquote(urlparse(uri).path)).is_dir():
+        raise NotFoundError(f"{where}: no such checkpoint folder")
+    probe = open_object_store(raw_root)
+    try:
+        data = probe.get_bytes(join(leaf, MANIFEST))
+    except NotFoundError:
+        raise CorruptCheckpointError(
+            f"{where}: no {MANIFEST} there, so it cannot be verified; give the address of a checkpoint pbt "
+            "saved (pbt status and pbt report print them)"
+        ) from None
+    try:
+        key = json.loads(data)["parts"][0]["key"]
+        name = key.split("/parts/", 1)[0]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise CorruptCheckpointError(f"{where}: unreadable manifest ({exc})") from None
+    if not (uri.endswith("/" + name) and name.rsplit("/", 1)[-1] == leaf):
+        raise CorruptCheckpointError(f"{where}: its manifest names another checkpoint ({name})")
+    root = uri[: -len(name) - 1]
+    return CheckpointStore(open_object_store(root)).load(name, directory)
