@@ -9,6 +9,7 @@ will use them and resolving the trainer's import path happen one level up, in
 
 from __future__ import annotations
 
+import json
 import keyword
 import math
 from typing import Any, Literal
@@ -51,7 +52,9 @@ def format_errors(exc: ValidationError, prefix: str = "") -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a study file says what it means. No bool for a number, no "4" for 4, no 2.0 for an int
+    # (a silent cast hides a typo), and no infinite or NaN bound.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         """Built from Python (``pbt.StudySpec(...)``): a bad field raises SpecError, as in a study file."""
@@ -102,6 +105,10 @@ class Budget(_Model):
         return self
 
 
+#: ``trainer.config`` travels in every trial message: plain JSON, at most this many bytes.
+MAX_TRAINER_CONFIG_BYTES = 1 << 20
+
+
 class TrainerSpec(_Model):
     path: str = Field(description="import path, 'package.module:ClassName' (or ':function')")
     config: dict[str, Any] = Field(default_factory=dict)
@@ -111,6 +118,20 @@ class TrainerSpec(_Model):
     def _object_to_path(cls, v: Any) -> Any:
         """A class or function given from Python becomes its import path (:mod:`pbt.importing`)."""
         return v if isinstance(v, str) or not callable(v) else import_path(v)
+
+    @field_validator("config")
+    @classmethod
+    def _plain_json(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(json.dumps(v, allow_nan=False, default=str))  # a date or a path travels as text
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"must be plain JSON data (strings, finite numbers, booleans, null, lists, mappings): {exc}"
+            ) from None
+        if size > MAX_TRAINER_CONFIG_BYTES:
+            raise ValueError(f"is {size:,} bytes as JSON; at most {MAX_TRAINER_CONFIG_BYTES:,} (it travels with "
+                             "every trial): put large data in a file the trainer reads")
+        return v
 
 
 class Execution(_Model):
@@ -133,8 +154,17 @@ class Execution(_Model):
         default="deterministic",
         description="apply results in trial order (reproducible) or as they arrive (no waiting on stragglers)",
     )
-    lease_seconds: float = Field(default=120.0, gt=0, description="re-publish a trial silent for this long")
-    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    max_worker_failures: int | None = Field(
+        default=None, ge=1,
+        description="end the study after this many attempts in a row failed because of the workers' "
+                    "environment (out of memory, storage or GPU unusable), none succeeding since "
+                    "(default: max(10, 2 x parallelism))",
+    )
+    lease_seconds: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600,
+        description="re-publish a trial whose worker went silent this long (default: 4 heartbeats)",
+    )
+    heartbeat_seconds: float = Field(default=2.0, ge=0.1, le=3600)
     queue: str = "pbt.trials"
     keep_checkpoints: bool = Field(default=False, description="disable garbage collection of checkpoints")
     tensorboard: str | None = Field(
@@ -147,6 +177,23 @@ class Execution(_Model):
     @classmethod
     def _queue_name(cls, v: str) -> str:
         return validate_name(v, "queue name")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Execution:
+        if self.lease_seconds is not None and self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"lease_seconds ({self.lease_seconds:g}) must be at least two heartbeats "
+                             f"(2 x heartbeat_seconds = {2 * self.heartbeat_seconds:g})")
+        return self
+
+    @property
+    def lease(self) -> float:
+        """Seconds of silence after which a trial's worker counts as gone (``lease_seconds``)."""
+        return self.lease_seconds or 4 * self.heartbeat_seconds
+
+    @property
+    def worker_failure_limit(self) -> int:
+        """Worker-scoped failures in a row that end the study (``max_worker_failures``)."""
+        return self.max_worker_failures or max(10, 2 * self.parallelism)
 
     @property
     def initial_failure_limit(self) -> int:
@@ -179,7 +226,7 @@ class StudySpec(_Model):
     execution: Execution = Field(default_factory=Execution)
     storage: str = "runs"
     broker: str | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
     @field_validator("name")
     @classmethod

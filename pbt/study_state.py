@@ -91,6 +91,7 @@ class EndReason(str, Enum):
     FATAL_ERROR = "fatal_error"  # an error every trial would hit (the trainer and the study disagree)
     MAX_FAILED_TRIALS = "max_failed_trials"  # execution.max_failed_trials trials failed
     INITIAL_FAILURES = "initial_failures"  # execution.max_initial_failures trials failed before any completed
+    NO_WORKER = "no_worker"  # execution.max_worker_failures attempts in a row failed because of the workers
     NO_USABLE_TRIAL = "no_usable_trial"  # the budget ended with no completed trial
     PAUSED = "paused"  # `pbt stop`
 
@@ -110,6 +111,7 @@ _REASON_TEXT = {
     EndReason.FATAL_ERROR: "a trial hit an error every trial would hit",
     EndReason.MAX_FAILED_TRIALS: "too many trials failed (execution.max_failed_trials)",
     EndReason.INITIAL_FAILURES: "trials kept failing before any completed (execution.max_initial_failures)",
+    EndReason.NO_WORKER: "no worker could run the trials (execution.max_worker_failures)",
     EndReason.NO_USABLE_TRIAL: "no trial completed",
     EndReason.PAUSED: "paused with pbt stop",
 }

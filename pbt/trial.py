@@ -137,8 +137,8 @@ class TrialTask(_Model):
     checkpoint_every: int | None = None
     evaluate_every_checkpoint: bool = True
     published_at: float = 0.0
-    heartbeat_seconds: float = 5.0  # distributed workers refresh their liveness key this often
-    lease_seconds: float = 120.0  # ... with this TTL
+    heartbeat_seconds: float = 2.0  # distributed workers refresh their liveness key this often
+    lease_seconds: float = 8.0  # ... with this TTL
 
 
 class TrialResult(_Model):
@@ -158,6 +158,7 @@ class TrialResult(_Model):
     retryable: bool = False  # a failure that another attempt may not repeat
     scope: FailureScope = FailureScope.TRIAL  # whose fault a failure is
     diverged: bool = False  # the objective was not finite at an evaluation (a failure, not an error)
+    recycle: bool = False  # the process that ran it is unfit (out of memory, CUDA error): replace it
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     finished_at: float = 0.0

@@ -50,12 +50,12 @@ NOTES: dict[str, str] = {
     "trainer": "the black box",
     "trainer.config": "passed as-is to the trainer's constructor",
     "execution.evaluate_every_checkpoint": "also evaluate at every in-trial checkpoint (curves in reports)",
-    "execution.heartbeat_seconds": "how often a distributed worker refreshes its liveness key",
+    "execution.heartbeat_seconds": "how often a distributed worker refreshes its liveness key (0.1 to 3600)",
     "execution.queue": "Celery queue the trials go to (`pbt worker -Q`)",
     "storage": "a path, `file:///abs/path` or `s3://bucket/prefix` (`--storage` / `PBT_STORAGE` override)",
     "broker": "`redis://[:password@]host:port/db`; unset: embedded workers "
     "(`--broker` / `PBT_BROKER_URL` override)",
-    "seed": "study seed: same seed, same study, whatever the workers",
+    "seed": "study seed: same seed, same study, whatever the workers (0 to 2^63-1)",
     "pbt.population_size": "members trained in parallel",
     "pbt.selection": "`tournament` (binary, within the window; never waits) or `truncation` (bottom copies top, "
     "ranked at the same generation)",

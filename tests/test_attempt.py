@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
 
+from pbt.errors import StorageConfigError, StorageError
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name
@@ -215,3 +217,74 @@ def test_stop_and_preempt_save_progress(tmp_path):
         run_attempt(t, Interrupt("preempt"))
     resumed = run_attempt(t.model_copy(update={"attempt": 2}))
     assert resumed.resumed_from_step == 3 and resumed.status is TrialStatus.COMPLETED
+
+
+# --- whose fault, and what the trainer printed (issue 11) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "scope", "recycle"),
+    [
+        (MemoryError(), "worker", True),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "worker", True),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), "worker", True),
+        (StorageConfigError("s3://b: Unable to locate credentials"), "worker", False),
+        (StorageError("writing s3://b/k failed after 10 attempt(s)"), "worker", False),
+        (OSError(errno.ENOSPC, "No space left on device"), "worker", False),
+        (RuntimeError("loss exploded"), "trial", False),
+        (FileNotFoundError(errno.ENOENT, "data/x.wav"), "trial", False),
+    ],
+)
+def test_failures_of_the_workers_environment_are_the_workers(exc, scope, recycle):
+    from pbt.tasks.attempt import classify, needs_new_process
+
+    got_scope, retryable = classify(exc)
+    assert (got_scope.value, needs_new_process(exc)) == (scope, recycle)
+    assert retryable or scope == "trial"
+
+
+def test_an_error_caused_by_running_out_of_memory_is_the_workers_even_when_wrapped():
+    from pbt.tasks.attempt import classify, needs_new_process
+
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as inner:
+            raise RuntimeError("data loader worker died") from inner
+    except RuntimeError as outer:
+        assert classify(outer)[0].value == "worker" and needs_new_process(outer)
+
+
+def test_a_process_left_unfit_says_so_in_its_result(tmp_path):
+    result = run_attempt(task(tmp_path, trainer_config={"unfit_after": 0}))
+    assert result.status is TrialStatus.FAILED
+    assert result.scope.value == "worker" and result.retryable and result.recycle
+    assert "MemoryError" in result.error
+
+
+def test_what_the_trainer_prints_is_kept_per_attempt_in_the_studys_storage(tmp_path):
+    result = run_attempt(task(tmp_path, steps=4, checkpoint_every=2, trainer_config={"say": "hello from toy"}))
+    assert result.status is TrialStatus.COMPLETED
+    text = (tmp_path / "store" / "s" / "logs" / "t000001" / "attempt-001.log").read_text()
+    assert "hello from toy (stdout, step 0)" in text and "hello from toy (fd 2, step 2)" in text
+    assert result.objective is not None  # capturing changed nothing else
+
+
+def test_a_trainer_that_prints_without_end_keeps_a_bounded_log(tmp_path):
+    from pbt.tasks.output import HEAD_BYTES, TAIL_BYTES
+
+    loud = "x" * 100_000
+    result = run_attempt(task(tmp_path, steps=10, checkpoint_every=1, trainer_config={"say": loud}))
+    assert result.status is TrialStatus.COMPLETED
+    text = (tmp_path / "store" / "s" / "logs" / "t000001" / "attempt-001.log").read_bytes()
+    assert len(text) <= HEAD_BYTES + TAIL_BYTES + 100
+    assert b"bytes of output omitted" in text and text.rstrip().endswith(b"(fd 2, step 9)")
+
+
+def test_too_many_metrics_per_evaluation_fail_the_study_clearly(tmp_path):
+    from pbt.trainers.driver import MAX_METRICS
+
+    result = run_attempt(task(tmp_path, trainer_config={"extra_metrics": MAX_METRICS + 10}))
+    assert result.status is TrialStatus.FAILED and not result.retryable
+    assert result.scope.value == "study"
+    assert f"at most {MAX_METRICS}" in result.error

@@ -12,7 +12,7 @@ from helpers import toy_data
 
 from pbt.controller.loop import Controller
 from pbt.controller.policy import EarlyStopDecision
-from pbt.errors import TemporaryPolicyError
+from pbt.errors import SpecError, TemporaryPolicyError
 from pbt.storage.local import LocalObjectStore
 from pbt.storage.study_store import StudyStore
 from pbt.study_file import parse_spec
@@ -340,3 +340,107 @@ def test_a_non_finite_intermediate_value_is_worse_than_any_median(tmp_path):
     ex.progress("t000002", 50, {"q": float("nan")})
     tick(c, ex)
     assert ex.stops == ["t000002"]
+
+
+# --- the worker's fault (issue 11) ---------------------------------------------------------------
+
+WORKER = FailureScope.WORKER
+
+
+def test_a_failure_of_the_workers_environment_republishes_without_costing_an_attempt(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 1, "max_attempts": 2})
+    for _ in range(5):  # more than max_attempts: none of them is charged
+        ex.fail("t000000", "MemoryError: ", scope=WORKER)
+        tick(c, ex)
+    trial = c.ledger.get("t000000")
+    assert trial.status is TrialStatus.PENDING and trial.failures == 0 and trial.attempts == 6
+    assert ids(ex.submitted) == ["t000000"] * 6  # the same trial again, not a new one
+    ex.complete("t000000", 0.5)
+    tick(c, ex)
+    assert c.ledger.get("t000000").status is TrialStatus.COMPLETED and c.abort is None
+
+
+def test_a_study_no_worker_can_serve_ends_after_max_worker_failures_in_a_row(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 2, "max_worker_failures": 5})
+    for n in range(4):
+        ex.fail(f"t00000{n % 2}", "S3ConfigError: Unable to locate credentials", scope=WORKER)
+        tick(c, ex)
+    assert c.abort is None
+    ex.complete("t000000", 0.5)  # an attempt got past its worker: the count starts again
+    tick(c, ex)
+    for _ in range(4):
+        ex.fail("t000001", "S3ConfigError: Unable to locate credentials", scope=WORKER)
+        tick(c, ex)
+    assert c.abort is None
+    ex.fail("t000001", "S3ConfigError: Unable to locate credentials", scope=WORKER)
+    snap = tick(c, ex)
+    assert snap.finished and snap.outcome is Outcome.FAILED and snap.reason is EndReason.NO_WORKER
+    assert "5 attempts in a row" in snap.message and "Unable to locate credentials" in snap.message
+    assert len(c.ledger) == 3  # no trial was created for the failures
+
+
+def test_a_trial_that_exhausts_every_worker_is_charged_after_its_free_republications(tmp_path):
+    c, ex, _ = make(tmp_path, execution={"parallelism": 2, "max_worker_failures": 3, "max_attempts": 2,
+                                         "ordering": "arrival"})
+    for _ in range(3):
+        ex.fail("t000000", "MemoryError: needs more than any worker has", scope=WORKER)
+        other = next(i for i in ex.waiting if i != "t000000")
+        ex.complete(other, 0.5)  # other trials succeed: the study-wide count never trips
+        tick(c, ex)
+    trial = c.ledger.get("t000000")
+    assert trial.failures == 0 and trial.attempts == 4
+    ex.fail("t000000", "MemoryError: needs more than any worker has", scope=WORKER)
+    tick(c, ex)
+    assert c.ledger.get("t000000").failures == 1  # charged now, like any failure
+    ex.fail("t000000", "MemoryError: needs more than any worker has", scope=WORKER)
+    tick(c, ex)
+    assert c.ledger.get("t000000").status is TrialStatus.FAILED  # max_attempts = 2: bounded
+
+
+def test_a_worker_failure_of_a_superseded_attempt_changes_nothing(tmp_path):
+    c, ex, clock = make(tmp_path, execution={"parallelism": 1, "lease_seconds": 10, "heartbeat_seconds": 1})
+    stale = ex.task("t000000")
+    ex.progress("t000000", 1)
+    tick(c, ex)
+    clock.advance(11)  # the worker went silent: attempt 2 is published
+    tick(c, ex)
+    assert c.ledger.get("t000000").attempts == 2
+    ex._answer(TrialResult(study=stale.study, trial_id="t000000", attempt=1, status=TrialStatus.FAILED,
+                           error="MemoryError", retryable=True, scope=WORKER))
+    tick(c, ex)
+    assert c.ledger.get("t000000").attempts == 2 and c.failures.worker_streak == 0
+
+
+def test_the_default_lease_is_a_few_heartbeats():
+    spec = parse_spec(toy_data())
+    assert spec.execution.heartbeat_seconds == 2.0 and spec.execution.lease == 8.0
+    assert parse_spec(toy_data(execution={"heartbeat_seconds": 10})).execution.lease == 40.0
+    with pytest.raises(SpecError, match="at least two heartbeats"):
+        parse_spec(toy_data(execution={"heartbeat_seconds": 5, "lease_seconds": 6}))
+
+
+# --- a study is written once it has started (issue 11) ------------------------------------------
+
+
+def test_a_study_whose_first_suggestion_fails_leaves_nothing_in_storage(tmp_path):
+    data = toy_data(budget={"total_steps": 10_000})
+    data["algorithm"] = RANDOM
+    spec = parse_spec(data)
+    clock = FakeClock()
+    controller = Controller(spec, InMemoryExecutor(clock), LocalObjectStore(tmp_path), NoLease(), clock=clock)
+
+    def broken(trials, k):
+        raise ValueError("the policy cannot start")
+
+    controller.policy.suggest = broken
+    with pytest.raises(ValueError):
+        controller.run()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_half_created_study_is_taken_over_by_the_corrected_file(tmp_path):
+    store = StudyStore(LocalObjectStore(tmp_path), "toy")
+    store.write_spec({**parse_spec(toy_data()).public_dict(), "seed": 12345})  # what an older version left
+    _, ex, _ = make(tmp_path, execution={"parallelism": 1})
+    assert ids(ex.submitted) == ["t000000"]
+    assert store.read_spec()["seed"] == 0  # the spec it runs replaced the one with no trial

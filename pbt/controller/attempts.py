@@ -3,10 +3,14 @@
 An *attempt* is one publication of a trial to the executor. Its task is published only after
 the trial's record is durable (:meth:`Attempts.send` runs after the ledger's flush), so a
 published task always has a record. Each attempt holds a lease: a trial that neither reports
-nor heartbeats for ``execution.lease_seconds`` is re-published. ``attempts`` on the record
-counts publications; ``failures`` counts attempts that failed or whose worker went silent after
-it had started. A message the broker lost before any worker ran it (a Redis restart, FLUSHALL)
-is re-published without costing an attempt.
+nor heartbeats for ``execution.lease_seconds`` (default four heartbeats) is re-published.
+``attempts`` on the record counts publications; ``failures`` counts attempts that failed or
+whose worker went silent after it had started. A message the broker lost before any worker ran
+it (a Redis restart, FLUSHALL) is re-published without costing an attempt, and so is an attempt
+that failed because of its *worker* (``FailureScope.WORKER``: out of memory, storage or GPU
+unusable there) — up to ``execution.max_worker_failures`` times per trial, after which further
+ones are charged like any failure, so that a trial that exhausts every worker it meets cannot
+be re-published for ever.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pbt.controller.ledger import Ledger
 from pbt.controller.policy import EarlyStopDecision
 from pbt.spec import StudySpec
 from pbt.tasks.executor import Executor
-from pbt.trial import Progress, Trial, TrialResult, TrialStatus, TrialTask
+from pbt.trial import FailureScope, Progress, Trial, TrialResult, TrialStatus, TrialTask
 
 log = logging.getLogger("pbt.controller")
 
@@ -38,8 +42,10 @@ class Attempts:
         self.clock = clock
         self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
         self.last_seen: dict[str, float] = {}
+        self.last_beat: dict[str, tuple[int, float]] = {}  # trial id -> (attempt, at) of its latest heartbeat
         self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
         self.stop_sent: set[str] = set()
+        self.worker_failures: dict[str, int] = {}  # trial id -> worker-scoped failures not charged
         self.outbox: list[TrialTask] = []
         self.last_lease_check = 0.0
 
@@ -76,7 +82,14 @@ class Attempts:
     # Events ---------------------------------------------------------------------------------
 
     def on_progress(self, trial: Trial, p: Progress) -> None:
-        self.last_seen[trial.id] = self.clock()
+        # A heartbeat proves life only when it is new: the liveness key of a worker killed a moment
+        # ago still reads the same beat until its TTL runs out. Comparing the beat's own timestamp
+        # with the previous one (never with this clock: workers' clocks may be skewed) lets the lease
+        # run from the worker's last beat, so a dead attempt is noticed one lease after it died.
+        beat = (p.attempt, p.at)
+        if p.metrics is not None or not p.at or self.last_beat.get(trial.id) != beat:
+            self.last_seen[trial.id] = self.clock()
+            self.last_beat[trial.id] = beat
         current = p.attempt == trial.attempts
         if current:
             self.reported.add(trial.id)
@@ -88,6 +101,13 @@ class Attempts:
         retry = r.status is TrialStatus.FAILED and r.retryable
         if retry and r.attempt != trial.attempts:
             return None  # a superseded attempt failed; the current one is still running
+        if self.worker_fault(trial, r):
+            self.worker_failures[trial.id] = self.worker_failures.get(trial.id, 0) + 1
+            log.warning("trial %s attempt %d: its worker could not run it, re-publishing at no cost: %s",
+                        trial.id, r.attempt, first_line(r.error))
+            trial = self.ledger.update(trial, timings=trial.timings.add(r.timings), worker=r.worker, error=r.error)
+            self.publish(trial)
+            return None
         if retry and trial.failures + 1 < self.spec.execution.max_attempts:
             log.warning("trial %s attempt %d failed, retrying: %s", trial.id, r.attempt, first_line(r.error))
             trial = self.ledger.update(trial, timings=trial.timings.add(r.timings), worker=r.worker, error=r.error,
@@ -97,9 +117,16 @@ class Attempts:
         trial = self.ledger.record_result(trial, r, self.clock())
         self.tasks.pop(trial.id, None)
         self.last_seen.pop(trial.id, None)
+        self.last_beat.pop(trial.id, None)
+        self.worker_failures.pop(trial.id, None)
         if r.status is TrialStatus.FAILED:
             log.warning("trial %s failed: %s", trial.id, first_line(r.error))
         return trial
+
+    def worker_fault(self, trial: Trial, r: TrialResult) -> bool:
+        """The current attempt failed because of its worker, and the trial has not used up its free re-publications."""
+        return (r.status is TrialStatus.FAILED and r.scope is FailureScope.WORKER and r.attempt == trial.attempts
+                and self.worker_failures.get(trial.id, 0) < self.spec.execution.worker_failure_limit)
 
     # Leases and stops -----------------------------------------------------------------------
 
@@ -109,7 +136,7 @@ class Attempts:
         if now - self.last_lease_check < min(1.0, self.spec.execution.heartbeat_seconds):
             return []  # O(in-flight) work: not on every tick
         self.last_lease_check = now
-        lease = self.spec.execution.lease_seconds
+        lease = self.spec.execution.lease
         expired = [self.tasks[i] for i, seen in self.last_seen.items() if now - seen > lease and i in self.tasks]
         if not expired:
             return []
@@ -193,7 +220,7 @@ class Attempts:
             evaluate_every_checkpoint=execution.evaluate_every_checkpoint,
             published_at=self.clock(),
             heartbeat_seconds=execution.heartbeat_seconds,
-            lease_seconds=execution.lease_seconds,
+            lease_seconds=execution.lease,
         )
 
     def _fallbacks(self, trial: Trial) -> list[str]:

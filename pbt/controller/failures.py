@@ -10,7 +10,13 @@ the study at once, with the error and a non-zero exit:
 * ``execution.max_initial_failures`` trials failed with an error before any trial completed
   (default ``max(5, 2 × parallelism)``: the first two waves all failed). Trials that *diverged*
   (a non-finite objective: bad hyperparameters, not a broken trainer) do not count here;
-* ``execution.max_failed_trials`` trials failed in all (default: no limit).
+* ``execution.max_failed_trials`` trials failed in all (default: no limit);
+* ``execution.max_worker_failures`` attempts in a row failed because of their *worker*
+  (``FailureScope.WORKER``: memory, storage, credentials, GPU), with no attempt getting past its
+  worker since (default ``max(10, 2 x parallelism)``): no worker can serve this study. Such
+  failures do not cost the trial an attempt, and a worker retires itself after a few of them
+  (``PBT_WORKER_MAX_ENV_FAILURES``), so the default lets a few sick workers among healthy ones
+  take themselves out before the study would end.
 
 Together with the budget, which charges a failed trial the steps it was given, no trainer can
 make the controller create trials without bound.
@@ -25,7 +31,7 @@ from pbt.controller.ledger import Ledger
 from pbt.controller.view import TrialView
 from pbt.spec import Budget, Execution
 from pbt.study_state import EndReason, Outcome
-from pbt.trial import FailureScope, Trial, TrialStatus
+from pbt.trial import FailureScope, Trial, TrialResult, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,28 @@ class FailureRules:
         self.execution = execution
         self.ledger = ledger
         self.errors = 0  # trials failed with an error (not diverged)
+        self.worker_streak = 0  # worker-scoped failures since an attempt last got past its worker
 
     def restore(self) -> None:
         """Count the failures of a resumed study's records."""
         self.errors = sum(1 for t in self.ledger if t.status is TrialStatus.FAILED and not t.diverged)
+
+    def on_attempt(self, result: TrialResult, current: bool) -> Abort | None:
+        """Every attempt's result, as it arrives: whether no worker seems able to serve the study."""
+        if result.status is TrialStatus.FAILED and result.scope is FailureScope.WORKER:
+            if not current:
+                return None  # a superseded attempt: its trial has already moved on
+            self.worker_streak += 1
+        else:
+            self.worker_streak = 0
+            return None
+        limit = self.execution.worker_failure_limit
+        if self.worker_streak < limit:
+            return None
+        return Abort(EndReason.NO_WORKER,
+                     f"{self.worker_streak} attempts in a row failed because of their workers' environment and none "
+                     f"got past its worker since (execution.max_worker_failures = {limit}); the last: "
+                     f"{first_line(result.error)}", result.error)
 
     def check(self, trial: Trial, scope: FailureScope = FailureScope.TRIAL) -> Abort | None:
         """Whether the study must end now that ``trial`` has failed with this scope."""

@@ -86,6 +86,7 @@ class Controller:
             interval=gc_interval, enabled=not spec.execution.keep_checkpoints,
         )
         self.exhausted = False  # the policy returned nothing at the latest decision point
+        self.spec_written = False  # the study's spec is in storage (set by start and the first tick)
         self.started = clock()
 
     def run(self, max_seconds: float | None = None) -> Snapshot:
@@ -124,6 +125,9 @@ class Controller:
         if self.abort is not None:
             self.attempts.abandon(self.abort.message)
         self.gc.collect()
+        if not self.spec_written and self.ledger.dirty:
+            self.store.write_spec(self.spec.public_dict())  # a new study exists once it has a trial
+            self.spec_written = True
         self.ledger.flush()  # one durable write per tick, then acks and publications
         self.attempts.send()
         self.executor.ack(events)
@@ -158,19 +162,32 @@ class Controller:
     # Start and end --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open (or resume) the study: check its identity, load its records, re-publish what was in flight."""
+        """Open (or resume) the study: check its identity, load its records, re-publish what was in flight.
+
+        A new study's spec is written with its first trial records, in the first tick's one
+        durable write, so a study whose first suggestion fails leaves nothing behind. A study an
+        older version left half-created (a spec but no trial record) is taken over, whatever
+        its stored spec says: there is nothing in it to be inconsistent with.
+        """
         spec_doc = self.spec.public_dict()
+        self.spec_written = False
         if self.store.exists():
             stored = self.store.read_spec()
+            self.ledger.load()
             changed = [f for f in IDENTITY_FIELDS if stored.get(f) != spec_doc.get(f)]
-            if changed:
+            if changed and len(self.ledger):
                 raise SpecError(
                     f"study {self.spec.name!r} already exists in {self.store.objects.uri} with different "
-                    f"{', '.join(changed)}; use another study name (or storage) for a new study"
+                    f"{', '.join(changed)}; use another study name (or storage) for a new study, or "
+                    f"delete it with `pbt clear {self.spec.name} --storage ... --force`"
                 )
-            self.ledger.load()
             self.failures.restore()
-        self.store.write_spec(spec_doc)
+            if changed:
+                log.warning("study %s was left half-created (a spec, no trial) by an earlier run; replacing its spec",
+                            self.spec.name)
+            if len(self.ledger):
+                self.store.write_spec(spec_doc)  # budget and execution may have changed
+                self.spec_written = True
         previous = self.store.read_doc("state") or {}
         self.gc.bytes_freed = int(previous.get("gc_bytes_freed", 0))  # a resumed study keeps counting
         for trial in self.ledger:
@@ -185,6 +202,8 @@ class Controller:
 
     def finish(self, snapshot: Snapshot) -> None:
         """Final garbage collection, the last records, and the study's state document."""
+        if not self.spec_written:
+            return  # no trial was ever created: the study was never written, nor is its end
         self.gc.collect(final=True)
         self.ledger.flush()
         ending = {"outcome": snapshot.outcome, "reason": snapshot.reason, "message": snapshot.message,
@@ -208,6 +227,10 @@ class Controller:
             self.stopping.on_progress(self.ledger[trial.number])
             return
         trial, result = self.stopping.on_result(trial, message)
+        if self.abort is None:
+            self.abort = self.failures.on_attempt(result, current=result.attempt == trial.attempts)
+            if self.abort is not None:
+                log.error("study %s cannot succeed: %s", self.spec.name, self.abort.message)
         ended = self.attempts.on_result(trial, result)
         if ended is not None:
             self._ended(ended, result.scope)

@@ -20,12 +20,21 @@ A failure carries its scope (:class:`~pbt.trial.FailureScope`): an error that is
 every trial — the objective metric missing from ``evaluate()``, a trainer that cannot be built
 from ``trainer.config``, a protocol method called with the arguments pbt passes that does not
 accept them — is ``study``-scoped, so the controller ends the study at once; anything else is
-the trial's. An objective that is NaN or infinite at *any* evaluation ends the attempt there
+the trial's. An error of the *worker's* environment — out of memory (host or CUDA), storage
+unreachable or refusing this worker's credentials, no CUDA device, a full disk, a trainer this
+worker cannot import — is ``worker``-scoped: the controller re-publishes the trial without
+charging it an attempt, and when the error leaves the process unfit (out of memory, a CUDA
+error) the result says ``recycle`` so that the executor replaces the process before its next
+trial. An objective that is NaN or infinite at *any* evaluation ends the attempt there
 (non-finite is the worst value, and a diverged model does not recover).
+
+The trainer's stdout and stderr are captured while the attempt runs (:mod:`pbt.tasks.output`)
+and kept in the study's storage, one bounded log per attempt.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import shutil
@@ -43,18 +52,23 @@ from pbt.errors import (
     FatalError,
     NotFoundError,
     RetryableError,
+    ServiceError,
     SpecError,
+    StorageError,
     TrainerContractError,
 )
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name, checkpoint_step, trial_prefix
+from pbt.tasks.output import Captured, capture_output, log_key
 from pbt.trainers import driver as driver_module
 from pbt.trainers.base import load_trainer_class
 from pbt.trainers.driver import TrainerDriver
 from pbt.trial import FailureScope, MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
 
 Interrupt = Literal["stop", "preempt"] | None
+
+log = logging.getLogger("pbt.worker")
 
 
 class Reporter(Protocol):
@@ -97,22 +111,28 @@ def run_attempt(
     started = clock()
     timings = Timings(queue_wait=max(0.0, started - task.published_at) if task.published_at else 0.0)
     attempt = _Attempt(task, reporter, worker, timings)
-    workdir = Path(tempfile.mkdtemp(prefix=f"pbt-{task.trial_id}-"))
+    workdir = Path(tempfile.mkdtemp(prefix="pbt-attempt-"))  # no name from the message in a path
+    output: Captured | None = None
     try:
-        return attempt.run(workdir)
-    except Preempted:
-        raise
-    except Exception as exc:
-        scope, retryable = classify(exc)
-        return attempt.result(
-            TrialStatus.FAILED,
-            error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
-            retryable=retryable,
-            scope=scope,
-        )
+        with capture_output() as output:
+            try:
+                return attempt.run(workdir)
+            except Preempted:
+                raise
+            except Exception as exc:
+                scope, retryable = classify(exc)
+                return attempt.result(
+                    TrialStatus.FAILED,
+                    error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
+                    retryable=retryable,
+                    scope=scope,
+                    recycle=needs_new_process(exc),
+                )
     finally:
         close_trainer(attempt.trainer)
         shutil.rmtree(workdir, ignore_errors=True)
+        if output is not None:
+            attempt.keep_log(output)
 
 
 def close_trainer(trainer: Any) -> None:
@@ -129,8 +149,53 @@ def classify(exc: BaseException) -> tuple[FailureScope, bool]:
     """``(scope, retryable)`` of the exception that ended an attempt."""
     if isinstance(exc, (TrainerContractError, SpecError)) or _raised_by_the_call(exc):
         return FailureScope.STUDY, False  # a SpecError from a trainer: its config or the space is wrong
+    if worker_fault(exc):
+        return FailureScope.WORKER, True
     retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
     return FailureScope.TRIAL, retryable
+
+
+#: Words in an exception's text that mean a GPU out of memory or a CUDA context in a bad state.
+_CUDA_OOM = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+             "out of memory on device", "HIP out of memory")
+_CUDA_BROKEN = ("CUDA error", "CUDA driver", "no CUDA GPUs are available", "Found no NVIDIA driver",
+                "CUDA unavailable", "CUDA is not available", "cudaErrorNoDevice")
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EROFS})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it (a trainer that wraps an OOM is still out of memory)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 8:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or any(
+        w in str(exc) for w in _CUDA_OOM
+    )
+
+
+def needs_new_process(exc: BaseException) -> bool:
+    """The process that raised ``exc`` should not run another trial: memory it cannot give back,
+    a CUDA context that is out of memory or broken."""
+    return any(_out_of_memory(e) or any(w in str(e) for w in _CUDA_BROKEN) for e in _chain(exc))
+
+
+def worker_fault(exc: BaseException) -> bool:
+    """The worker's environment, not the trial, is at fault: memory, GPU, disk, storage, imports."""
+    for e in _chain(exc):
+        if isinstance(e, (ServiceError, StorageError, _WorkerEnvironmentError)) or needs_new_process(e):
+            return True
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return True
+    return False
+
+
+class _WorkerEnvironmentError(RuntimeError):
+    """This worker cannot do what the controller could (import the trainer, for one)."""
 
 
 _CALL_SITES = frozenset({__file__, driver_module.__file__})
@@ -194,12 +259,22 @@ class _Attempt:
             **extra,
         )
 
+    def keep_log(self, output: Captured) -> None:
+        """Store what the attempt printed; a log lost to a storage error is not worth the trial."""
+        text = output.text()
+        if not text:
+            return
+        try:
+            self.store.objects.put_bytes(log_key(self.task.study, self.task.trial_id, self.task.attempt), text)
+        except Exception as exc:
+            log.warning("could not keep the output of %s attempt %d: %s", self.task.trial_id, self.task.attempt, exc)
+
     def run(self, workdir: Path) -> TrialResult:
         task = self.task
         try:
             cls = load_trainer_class(task.trainer)
         except SpecError as exc:  # the controller imported it: this worker's environment differs
-            raise RuntimeError(f"this worker cannot load the trainer: {exc}") from exc
+            raise _WorkerEnvironmentError(f"this worker cannot load the trainer: {exc}") from exc
         try:
             self.trainer = cls(task.trainer_config)
         except _CONFIG_ERRORS as exc:

@@ -4,6 +4,9 @@ Each worker is a spawned process with its own duplex pipe: the controller sends 
 at a time and it sends back heartbeats and the result. A private pipe per worker (rather than
 one shared queue) means a worker that dies mid-write — SIGKILL, OOM, a hung trainer killed at
 its time limit — can corrupt nothing but its own channel, which is then thrown away with it.
+
+A worker whose trial left it unfit (``TrialResult.recycle``: out of memory, a broken CUDA
+context) exits after sending that result, and is replaced before it is given another trial.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def _worker_main(conn: Connection, name: str) -> None:
         except Preempted:  # not requested by this executor; treat as a retryable failure
             result = _ended(task, TrialStatus.FAILED, "preempted", name, retryable=True).message
         conn.send(("result", result.model_dump_json()))
+        if result.recycle:
+            return  # this process is unfit for another trial: the executor starts a fresh one
 
 
 def _ended(task: TrialTask, status: TrialStatus, error: str, worker: str | None = None,
@@ -83,6 +88,7 @@ class _Worker:
         child.close()
         self.task: TrialTask | None = None
         self.started = 0.0
+        self.recycle = False  # its last trial left it unfit: replace it, give it nothing more
 
 
 class EmbeddedExecutor(Executor):
@@ -107,7 +113,7 @@ class EmbeddedExecutor(Executor):
         for worker in self.pool:
             if not self.backlog:
                 return
-            if worker.task is None:
+            if worker.task is None and not worker.recycle:
                 worker.task = self.backlog.popleft()
                 worker.started = time.time()
                 worker.conn.send(("task", worker.task.model_dump_json()))
@@ -125,7 +131,13 @@ class EmbeddedExecutor(Executor):
                 self._drain(worker, out)
         now = time.time()
         for worker in list(self.pool):
-            if not worker.process.is_alive():
+            if worker.recycle and worker.task is None:
+                worker.process.join(5)
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join()
+                self._replace(worker, out, "")
+            elif not worker.process.is_alive():
                 self._drain(worker, out)
                 self._replace(
                     worker, out, f"the worker process died (exit code {worker.process.exitcode}) during the trial"
@@ -144,8 +156,10 @@ class EmbeddedExecutor(Executor):
                 if kind == "progress":
                     out.append(Event(Progress.model_validate_json(payload)))
                 elif kind == "result":
-                    out.append(Event(TrialResult.model_validate_json(payload)))
+                    result = TrialResult.model_validate_json(payload)
+                    out.append(Event(result))
                     worker.task = None
+                    worker.recycle = result.recycle
         except (EOFError, OSError):
             pass  # the worker died mid-message; handled by the liveness check
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from pbt.storage.keys import checkpoint_name
 from pbt.tasks.executor import Event, Executor
-from pbt.trial import MetricReport, Progress, TrialResult, TrialStatus, TrialTask
+from pbt.trial import FailureScope, MetricReport, Progress, TrialResult, TrialStatus, TrialTask
 
 
 class FakeClock:
@@ -119,11 +119,13 @@ class InMemoryExecutor(Executor):
         """The waiting attempt completes with ``objective`` and a final checkpoint."""
         return self._answer(completed(self.task(trial_id), objective, steps=steps))
 
-    def fail(self, trial_id: str, error: str = "boom", *, retryable: bool = True, steps: int = 0) -> TrialResult:
+    def fail(self, trial_id: str, error: str = "boom", *, retryable: bool = True, steps: int = 0,
+             scope: FailureScope = FailureScope.TRIAL) -> TrialResult:
+        """The waiting attempt fails; ``scope``: whose fault (a worker's environment: WORKER)."""
         task = self.task(trial_id)
         return self._answer(TrialResult(
             study=task.study, trial_id=task.trial_id, attempt=task.attempt, status=TrialStatus.FAILED,
-            steps_done=steps, error=error, retryable=retryable, finished_at=self.clock(),
+            steps_done=steps, error=error, retryable=retryable, scope=scope, finished_at=self.clock(),
         ))
 
     def progress(self, trial_id: str, step: int, metrics: dict[str, float] | None = None) -> Progress:

@@ -20,6 +20,11 @@ from pbt.errors import TrainerContractError
 from pbt.trainers.base import Trainer
 from pbt.trial import MetricReport, Timings
 
+#: What one evaluation may report: metrics travel in every progress message and are kept in the
+#: study's records for ever, so a trainer that returns a per-example dict fails clearly instead.
+MAX_METRICS = 256
+MAX_METRIC_NAME = 200
+
 BetweenChunks = Callable[[bool], bool]
 """Called after each chunk but the last, once any intermediate evaluation is recorded, with
 whether the step is a checkpoint boundary; returning True stops training there."""
@@ -99,12 +104,29 @@ class TrainerDriver:
     def evaluate(self) -> dict[str, float]:
         """Evaluate now and record it at the current step; values as ``{str(name): float(value)}``.
 
-        Raises whatever the trainer raises, or the ``TypeError``/``ValueError`` of a value
-        that is not a number.
+        Raises whatever the trainer raises, the ``TypeError``/``ValueError`` of a value that is
+        not a number, or :class:`~pbt.errors.TrainerContractError` for more than
+        :data:`MAX_METRICS` metrics or a name longer than :data:`MAX_METRIC_NAME` characters.
         """
         t0 = time.perf_counter()
         raw = self.trainer.evaluate()
         self.timings.evaluate += time.perf_counter() - t0
+        count = len(raw) if hasattr(raw, "__len__") else None
+        if count is not None and count > MAX_METRICS:
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned {count} metrics; at most {MAX_METRICS} are kept per "
+                "evaluation: report summaries, not per-example values"
+            )
         values = {str(k): float(v) for k, v in dict(raw).items()}
+        if len(values) > MAX_METRICS:
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned {len(values)} metrics; at most {MAX_METRICS}"
+            )
+        long = next((k for k in values if len(k) > MAX_METRIC_NAME), None)
+        if long is not None:
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned a metric name of {len(long)} characters "
+                f"({long[:40]!r}...); at most {MAX_METRIC_NAME}"
+            )
         self.metrics.append(MetricReport(step=self.step, lineage_step=self.lineage_step, values=values))
         return values

@@ -13,7 +13,12 @@ Config (``trainer.config`` in the study file):
   ``hang_above`` (test hook: block forever in ``train`` when h1 exceeds this value),
   ``sleep_per_step`` (seconds, to make trials long enough to kill in chaos tests),
   ``step_log`` (a file to which every step appends "pid lineage_step": how the recovery
-  benchmark measures exactly how much work a killed worker lost).
+  benchmark measures exactly how much work a killed worker lost),
+  ``say`` (test hook: print this text at every ``train`` call, to stdout from Python and to
+  stderr through file descriptor 2 as C code would: what ``pbt logs`` shows),
+  ``unfit_after`` (test hook: once this process has trained this many times, every ``train``
+  raises MemoryError, as a process that leaks memory would; a fresh process is fine again),
+  ``extra_metrics`` (test hook: ``evaluate`` also reports this many metrics ``m0``, ``m1``...).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pbt.trainers.base import HParams
+
+_trained_here = 0  # train() calls in this process (the unfit_after hook)
 
 
 def true_objective(theta: list[float]) -> float:
@@ -45,6 +52,9 @@ class ToyTrainer:
         self.hang_above = config.get("hang_above")
         self.sleep_per_step = float(config.get("sleep_per_step", 0.0))
         self.step_log = config.get("step_log")
+        self.say = config.get("say")
+        self.unfit_after = config.get("unfit_after")
+        self.extra_metrics = int(config.get("extra_metrics", 0))
         self.theta = list(self.theta0)
         self.h = [1.0, 1.0]
         self.step = 0
@@ -55,6 +65,13 @@ class ToyTrainer:
         self.step = 0
 
     def train(self, steps: int) -> dict[str, float]:
+        global _trained_here
+        _trained_here += 1
+        if self.say:
+            print(f"{self.say} (stdout, step {self.step})", flush=True)
+            os.write(2, f"{self.say} (fd 2, step {self.step})\n".encode())
+        if self.unfit_after is not None and _trained_here > int(self.unfit_after):
+            raise MemoryError(f"toy trainer: this process is unfit after {self.unfit_after} train() calls")
         if self.fail_above is not None and self.h[0] > float(self.fail_above):
             raise RuntimeError(f"toy trainer told to fail: h0={self.h[0]:.3f} > {self.fail_above}")
         if self.hang_above is not None and self.h[1] > float(self.hang_above):
@@ -79,7 +96,7 @@ class ToyTrainer:
         q = true_objective(self.theta)
         if self.nan_above is not None and self.h[0] > float(self.nan_above):
             q = math.nan
-        return {"q": q}
+        return {"q": q, **{f"m{i}": float(i) for i in range(self.extra_metrics)}}
 
     def save(self, directory: Path) -> None:
         state = {"theta": self.theta, "step": self.step}
