@@ -17,7 +17,7 @@ Value = Union[int, float, str]  # noqa: UP007 - used at runtime by pydantic on 3
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     mutable: bool = Field(
         default=True,

@@ -134,3 +134,107 @@ def test_any_corruption_is_either_valid_or_a_spec_error_naming_its_field(path, v
     except SpecError as exc:
         assert path[0] in str(exc) or "invalid" in str(exc)
     # Anything else (TypeError, AttributeError, a pydantic error leaking out) fails the test.
+
+
+# --- a study file is checked whole before anything is written (issue 11) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"budget": {"total_steps": True}}, "budget.total_steps", "valid integer"),
+        ({"execution": {"parallelism": 2.0}}, "execution.parallelism", "valid integer"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"seed": "7"}, "seed", "valid integer"),
+        ({"parameters": {"h0": {"type": "float", "low": 0.0, "high": float("inf")}}}, "parameters.h0.high",
+         "finite"),
+        ({"execution": {"trial_timeout": float("nan")}}, "execution.trial_timeout", "finite"),
+        ({"execution": {"heartbeat_seconds": 0.0}}, "execution.heartbeat_seconds", "greater than or equal to 0.1"),
+        ({"budget": {"total_steps": 3}}, "budget", "smaller than one trial"),
+        ({"algorithm": {"name": "grid", "options": {"points_per_param": 1_000_000}}},
+         "algorithm.options.points_per_param", "1,000,000,000,000 points"),
+        ({"trainer": {"config": {"lr": float("nan")}}}, "trainer.config", "plain JSON"),
+        ({"trainer": {"config": {"blob": "x" * (2 << 20)}}}, "trainer.config", "at most"),
+    ],
+)
+def test_values_that_would_not_run_are_refused_with_field_and_reason(change, field, reason):
+    data = toy_data(**{k: v for k, v in change.items() if k not in ("parameters", "algorithm")})
+    data["parameters"].update(change.get("parameters", {}))
+    if "algorithm" in change:
+        data["algorithm"] = change["algorithm"]
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    message = str(info.value)
+    assert field in message and reason in message, message
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_the_yaml_itself_is_read_within_limits(tmp_path):
+    good = yaml.safe_dump(TOY)
+    cases = {
+        "duplicate key 'seed'": good + "seed: 5\n",
+        "not UTF-8 (byte 0xff at offset 6)": b"name: \xff\xfetoy\n",
+        "expands to more than 100,000 values": good + "extra: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+            f"l{i}: &l{i} [{', '.join([f'*{prev}'] * 10)}]\n"
+            for i, prev in enumerate(["a", "l0", "l1", "l2", "l3"])
+        ),
+        "recursive structure": good + "loop: &loop [*loop]\n",
+        "larger than 1024 KiB": good + "# " + "x" * (1 << 20) + "\n",
+    }
+    for reason, text in cases.items():
+        with pytest.raises(SpecError, match=reason.replace("(", r"\(").replace(")", r"\)")) as info:
+            load_spec(_write(tmp_path / "s.yaml", text))
+        assert str(tmp_path / "s.yaml") in str(info.value)
+
+
+def test_yaml_merge_keys_and_small_anchors_still_work(tmp_path):
+    data = toy_data()
+    del data["trainer"]
+    text = yaml.safe_dump(data) + (
+        "trainer:\n  path: pbt.trainers.toy:ToyTrainer\n  config:\n"
+        "    base: &b {lr: 0.02, theta0: [0.9, 1.0]}\n    merged: {<<: *b, lr: 0.03}\n    again: *b\n"
+    )
+    spec = load_spec(_write(tmp_path / "s.yaml", text))
+    assert spec.trainer.config["merged"] == {"lr": 0.03, "theta0": [0.9, 1.0]}
+    assert spec.trainer.config["again"] == spec.trainer.config["base"]
+
+
+def test_resource_bomb_study_files_fail_fast_with_nothing_written(tmp_path):
+    # shared/cases/rel-config-resource-bombs: each under a 3 GB address-space cap.
+    import resource
+
+    from pbt.testing import pbt
+
+    base = "\n".join([
+        "objective: {metric: q, mode: max}",
+        "parameters:",
+        "  h0: {type: float, low: 0.0, high: 1.0}",
+        "  h1: {type: float, low: 0.0, high: 1.0}",
+        "budget: {total_steps: 40}",
+        "seed: 0",
+    ]) + "\n"
+    bomb = "trainer:\n  path: pbt.trainers.toy:ToyTrainer\n  config:\n    a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"    {c}: &{c} [{','.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    files = {
+        "grid_huge": ("name: gridhuge\n" + base + "algorithm: {name: grid, options: {points_per_param: 1000000}}\n"
+                      "trainer: {path: pbt.trainers.toy:ToyTrainer}\n", "algorithm.options.points_per_param"),
+        "yaml_bomb": ("name: bomb\n" + base + "algorithm: {name: pbt, options: {population_size: 4, "
+                      "steps_per_trial: 4}}\n" + bomb, "anchors and aliases"),
+        "non_utf8": (b"name: to\xff\xfey\n" + base.encode() + b"algorithm: {name: random, options: {num_trials: 4}}\n"
+                     b"trainer: {path: pbt.trainers.toy:ToyTrainer}\n", "not UTF-8 (byte 0xff at offset 8)"),
+    }
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3_000_000_000, 3_000_000_000))
+
+    for name, (text, says) in files.items():
+        path = _write(tmp_path / f"{name}.yaml", text)
+        proc = pbt("run", str(path), "--storage", str(tmp_path / "store"), "-q", timeout=60, preexec_fn=cap)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert says in proc.stderr and str(path) in proc.stderr.replace("\n", ""), (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "store").exists() or not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]

@@ -52,7 +52,7 @@ def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDeci
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Room:

@@ -24,11 +24,11 @@ BUILTIN = {
 def policy_class(name: str) -> type[Policy]:
     path = BUILTIN.get(name, name)
     module_name, sep, attr = path.partition(":")
-    if not sep:
+    if not sep or not module_name or not attr:
         raise SpecError(f"algorithm.name: unknown algorithm {name!r}; expected one of {', '.join(BUILTIN)}")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:
         raise SpecError(f"algorithm.name: cannot load policy {name!r}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise SpecError(f"algorithm.name: {name!r} is not a pbt.controller.policy.Policy subclass")
@@ -46,5 +46,8 @@ def validate_options(spec: StudySpec) -> dict[str, Any]:
     try:
         cls(spec)
     except ValueError as exc:
+        field, sep, reason = str(exc).partition(": ")
+        if sep and field in cls.Options.model_fields:  # the policy named the option: name it in full
+            raise SpecError(f"algorithm.options.{field}: {reason}") from None
         raise SpecError(f"algorithm.options: {exc}") from None
     return options.model_dump(mode="json", exclude_unset=True)

@@ -9,6 +9,7 @@ parameters; every value for discrete and categorical ones).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 from pydantic import Field
@@ -17,10 +18,13 @@ from pbt.controller.policy import FromScratch, Options
 from pbt.space import CategoricalParam, DiscreteParam, IntParam, Value
 from pbt.trial import Suggestion, Trial
 
+#: Grid points a study may have: the grid is built in memory, and its size is checked first.
+MAX_GRID_POINTS = 1_000_000
+
 
 class GridOptions(Options):
     grid: dict[str, list[float | int | str]] | None = None
-    points_per_param: int = Field(default=3, ge=1)
+    points_per_param: int = Field(default=3, ge=1, le=MAX_GRID_POINTS)
     repeats: int = Field(default=1, ge=1, description="trials per grid point")
     steps_per_trial: int | None = Field(default=None, gt=0, description="default: total_steps / trials")
 
@@ -31,12 +35,31 @@ class GridSearch(FromScratch):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
+        self._check_size()
         axes = {name: self._axis(name) for name in self.space}
         points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
         self.points = [p for p in points for _ in range(self.options.repeats)]
         if self.budget.max_trials is not None:
             self.points = self.points[: self.budget.max_trials]
         self.steps_per_trial = self.share_steps(len(self.points), self.options.steps_per_trial)
+
+    def _check_size(self) -> None:
+        """Refuse a grid too large to build, computing its size before building anything."""
+        sizes = {}
+        for name, param in self.space.items():
+            if self.options.grid and name in self.options.grid:
+                sizes[name] = len(self.options.grid[name])
+            elif isinstance(param, (CategoricalParam, DiscreteParam)):
+                sizes[name] = len(param.values)
+            else:
+                sizes[name] = self.options.points_per_param
+        total = math.prod(sizes.values()) * self.options.repeats
+        if total > MAX_GRID_POINTS:
+            shape = " x ".join(f"{sizes[n]} ({n})" for n in sizes)
+            raise ValueError(
+                f"points_per_param: the grid has {total:,} points ({shape}, x {self.options.repeats} repeats); "
+                f"at most {MAX_GRID_POINTS:,}"
+            )
 
     def _axis(self, name: str) -> list[Value]:
         param = self.space[name]
