@@ -209,7 +209,7 @@ WORKER_ENV = {"PBT_VISIBILITY_TIMEOUT": "30", "PBT_UNACKED_RESTORE_INTERVAL": "2
 def redis_workers(tmp_path):
     server = RedisServer(tmp_path)
     server.start()
-    pool = Workers(server.url, tmp_path, WORKER_ENV)
+    pool = Workers(server.url, tmp_path, WORKER_ENV, trainers="python_api")  # as `pbt worker --trainers python_api`
     try:
         yield pool
     finally:

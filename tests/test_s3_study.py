@@ -97,7 +97,7 @@ def _status(storage: str, proxy: FaultyS3Proxy) -> dict:
 
 def test_distributed_study_on_s3_with_a_worker_killed(tmp_path, bucket, proxy, redis_url):
     storage = f"s3://{bucket}/dist"
-    pool = Workers(redis_url, tmp_path, {**env_for(proxy), "PBT_VISIBILITY_TIMEOUT": "30"})
+    pool = Workers(redis_url, tmp_path, {**env_for(proxy), "PBT_VISIBILITY_TIMEOUT": "30"}, storage=storage)
     try:
         first, _ = pool.start(2)
         data = toy_data(budget={"total_steps": 160}, storage=storage, broker=redis_url,

@@ -13,6 +13,7 @@ from pbt.cli import (
     control_commands,
     data_commands,
     export_commands,
+    ops_commands,
     report_commands,
     study_commands,
     worker_commands,
@@ -44,6 +45,9 @@ export_app.command("csv")(export_commands.csv)
 app.command()(study_commands.run)
 app.command()(study_commands.status)
 app.command()(worker_commands.worker)
+app.command(rich_help_panel="When something went wrong")(ops_commands.logs)
+app.command(rich_help_panel="When something went wrong")(ops_commands.deadletters)
+app.command(rich_help_panel="When something went wrong")(ops_commands.clear)
 
 
 def main() -> None:

@@ -55,10 +55,11 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str, s
     Exits with the study's status (README, "Exit status"): 0 with a best trial, 1 when it failed,
     4 when paused.
     """
-    from pbt.launch import run_study
+    from pbt.launch import check_services, run_study
     from pbt.study_state import Outcome
     from pbt.urls import redact_url
 
+    check_services(spec)  # an unusable broker or storage is one line and exit 5, before anything is shown
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
     console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
     if spec.execution.tensorboard:
@@ -148,6 +149,9 @@ def status(
     json_out: Annotated[bool, json_option("one JSON object: study spec, trials, best")] = False,
     watch: bool = typer.Option(False, "--watch", "-w", help="refresh live until the study finishes or pauses"),
     interval: float = typer.Option(2.0, "--interval", "-n", min=0.1, help="seconds between refreshes with --watch"),
+    broker: Annotated[str | None, broker_option(
+        "the broker of a distributed study, to count its dead letters (the stored spec keeps no password)"
+    )] = None,
 ) -> None:
     """Show a study: progress and ETA, workers busy/idle, best so far, top trials (works while it runs)."""
     with cli_errors():
@@ -158,7 +162,11 @@ def status(
         loaded = load_study(study, storage)
         stored = loaded.stored
         if json_out:
-            print(json.dumps(loaded.to_json()))
+            doc = loaded.to_json()
+            letters = _dead_letters(stored.spec_doc, broker)
+            if letters is not None:  # a distributed study, with its broker reachable
+                doc["dead_letters"] = letters
+            print(json.dumps(doc))
             return
 
         def load():
@@ -170,7 +178,27 @@ def status(
             live.watch(load, interval, out)
         else:
             out.print(live.render(overview(stored.spec, stored.trials, stored.state, stored.control)))
-        _print_top(stored.spec, stored.trials)
+        _print_top(stored.spec, stored.trials, stored.store.objects)
+        letters = _dead_letters(stored.spec_doc, broker)
+        if letters:
+            console.print(f"[yellow]{letters} dead letter(s)[/yellow] on the broker: messages nobody could read, "
+                          "set aside (`pbt deadletters` shows them)", highlight=False)
+
+
+def _dead_letters(spec_doc: dict, broker: str | None) -> int | None:
+    """Dead letters on a distributed study's broker; None when it has none or it cannot be reached."""
+    import os
+
+    url = broker or os.environ.get("PBT_BROKER_URL")
+    if not spec_doc.get("broker") or not url:
+        return None
+    try:
+        from pbt.tasks import deadletter
+        from pbt.tasks.channels import check_broker_url, redis_client
+
+        return deadletter.count(redis_client(check_broker_url(url)))
+    except Exception:  # status reads storage; a broker it cannot reach is no reason to fail
+        return None
 
 
 def _print_outcome(spec) -> None:
@@ -212,7 +240,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_top(spec, trials) -> None:
+def _print_top(spec, trials, objects=None) -> None:
     """The ten trials with the best recorded objective, then the first failures' errors."""
     metric = spec.objective.metric
     ranked = sorted(
@@ -237,3 +265,14 @@ def _print_top(spec, trials) -> None:
     failed = [t for t in trials if t.status.value == "failed"][:5]
     for t in failed:
         console.print(f"[red]{t.id} failed[/red]: {t.error.strip().splitlines()[0] if t.error else ''}")
+        if objects is not None:
+            from pbt.analysis.logs import last_lines
+
+            try:
+                lines = last_lines(objects, spec.name, t.id, 3)
+            except Exception:  # the log is a courtesy: never fail status over it
+                lines = []
+            for line in lines:
+                console.print(f"    | {line[:200]}", markup=False, highlight=False)
+            if lines:
+                console.print(f"    (pbt logs {spec.name} {t.id} shows its whole output)", highlight=False)

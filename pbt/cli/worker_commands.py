@@ -2,7 +2,11 @@
 
 It is plain ``celery -A pbt.tasks worker`` underneath (which works too): one process per GPU,
 ``-c 1`` each, prefetch 1, task events on for Flower, and ``CUDA_VISIBLE_DEVICES`` pinned per
-process when ``--gpus`` lists several devices.
+process when ``--gpus`` lists several devices. What the worker will run is its own
+configuration, never the message's (:mod:`pbt.tasks.trust`): ``--storage`` lists the storages
+it serves (environment ``PBT_WORKER_STORAGE``, else ``PBT_STORAGE``) and ``--trainers`` the
+import prefixes of trainers it may import besides pbt's own (``PBT_WORKER_TRAINERS``); both
+are handed to Celery through the environment, so a plain Celery worker reads the same.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from pbt.cli.common import EXIT_USAGE, console
+from pbt.cli.common import EXIT_ENVIRONMENT, EXIT_USAGE, console
 from pbt.cli.options import broker_option
 
 
@@ -37,17 +42,49 @@ def worker(
     name: str | None = typer.Option(None, "--hostname", "-n", help="worker name (default pbt@HOST or pbt-gpuN@HOST)"),
     pool: str = typer.Option("prefork", "--pool", "-P", help="prefork isolates crashes; solo runs in-process"),
     loglevel: str = typer.Option("info", "--loglevel", "-l"),
+    storage: str | None = typer.Option(
+        None, "--storage", "-s",
+        help="comma-separated storage URIs this worker serves (tasks for others are refused); "
+             "default PBT_WORKER_STORAGE, else PBT_STORAGE",
+    ),
+    trainers: str | None = typer.Option(
+        None, "--trainers",
+        help="comma-separated import prefixes of trainers this worker may run besides pbt's own "
+             "(pbt.trainers, pbt.wavenet), e.g. mypkg.models; '*' trusts every message (default PBT_WORKER_TRAINERS)",
+    ),
 ) -> None:
-    """Run trials from the queue until stopped (SIGTERM saves the running trial and hands it back)."""
-    from pbt.errors import SpecError
+    """Run trials from the queue until stopped (SIGTERM saves the running trial and hands it back).
+
+    Exit status 5: the worker retired because its environment kept failing trials (or the broker is unusable).
+    """
+    from pbt.errors import PbtError
     from pbt.tasks.channels import broker_url
+    from pbt.tasks.trust import ENV_STORAGE, ENV_TRAINERS, WorkerTrust
+
+    env = dict(os.environ)
+    try:
+        env["PBT_BROKER_URL"] = broker_url(broker)
+        if storage:
+            env[ENV_STORAGE] = storage
+        if trainers:
+            env[ENV_TRAINERS] = trainers
+        trust = WorkerTrust.from_env(env)  # a malformed storage URI fails here, not in every task
+    except PbtError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    from pbt.errors import ServiceError
+    from pbt.launch import BrokerRefused, check_broker
 
     try:
-        url = broker_url(broker)
-    except SpecError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
-    env = {**os.environ, "PBT_BROKER_URL": url}
+        check_broker(env["PBT_BROKER_URL"])
+    except BrokerRefused as exc:  # a wrong password: Celery would retry it for ever
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
+    except ServiceError as exc:  # not up yet (a worker may start before Redis): Celery keeps trying
+        console.print(f"[yellow]warning:[/yellow] {escape(str(exc))}; retrying until it answers", highlight=False)
+    if not trust.storages:
+        console.print("[yellow]warning:[/yellow] this worker serves no storage and will refuse every trial; "
+                      "pass --storage (or set PBT_WORKER_STORAGE)", highlight=False)
     host = socket.gethostname()
     if not gpus:
         argv = celery_argv(queues, concurrency, name or f"pbt@{host}", loglevel, pool)

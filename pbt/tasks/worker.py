@@ -9,6 +9,17 @@ comes back. Because a message may still be delivered twice (celery#5935), the tr
 idempotent: a redelivered attempt resumes from its checkpoints and the controller records a
 trial's result once.
 
+What a message may ask is bounded by the worker's own configuration (:mod:`pbt.tasks.trust`):
+a task is decoded and checked field by field, its storage must be one the worker serves and its
+trainer one the operator allowed, or it is dead-lettered and runs nothing. Messages Celery
+itself cannot read are set aside by :mod:`pbt.tasks.quarantine`, which this module configures.
+
+Sick workers take themselves out: a pool process whose trial ran out of memory (or broke its
+CUDA context) exits once it has reported the trial, and the pool starts a fresh one; a worker
+whose last ``PBT_WORKER_MAX_ENV_FAILURES`` (default 3) trials failed because of its environment
+(storage unreachable or refusing its credentials, no GPU, a full disk) stops taking tasks and
+exits with status 5, saying why, so that healthy workers get them.
+
 Preemption: on SIGTERM (a spot instance's notice, ``kubectl delete pod``, ``systemctl stop``)
 the running attempt saves an in-trial checkpoint at its next chunk and hands its message back
 with ``Reject(requeue=True)``, so another worker resumes it instead of starting over.
@@ -28,14 +39,38 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
-from pbt.tasks import channels
+from pbt.tasks import channels, quarantine
 from pbt.tasks.attempt import Interrupt, Preempted, run_attempt
 from pbt.tasks.celery_app import TASK_NAME, make_app
-from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
+from pbt.tasks.trust import Malformed, NotServed, WorkerTrust, decode_task
+from pbt.trial import FailureScope, Progress, TrialResult, TrialStatus, TrialTask
+from pbt.urls import redact_logs
 
 log = logging.getLogger("pbt.worker")
 
 app = make_app()  # the worker's app: ``celery -A pbt.tasks`` finds it as pbt.tasks.app
+app.conf.broker_transport = "pbt.tasks.quarantine:Transport"  # undecodable list entries: set aside
+app.conf.worker_consumer = "pbt.tasks.quarantine:Consumer"  # malformed task messages: set aside
+if app.conf.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in app.conf.broker_url:
+    # An explicit transport class hides the scheme from kombu, which would otherwise turn TLS on
+    # for rediss:// by itself (with the same certificate settings as here).
+    import ssl
+
+    app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_NONE}
+if os.environ.get("PBT_WORKER_REMOTE_CONTROL", "1") == "0":
+    app.conf.worker_enable_remote_control = False  # nobody on the broker can shut workers down
+
+
+def _max_env_failures() -> int:
+    raw = os.environ.get("PBT_WORKER_MAX_ENV_FAILURES", "3")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        log.warning("PBT_WORKER_MAX_ENV_FAILURES=%r is not a number; using 3", raw)
+        return 3
+
+
+MAX_ENV_FAILURES = _max_env_failures()
 
 # --- the task --------------------------------------------------------------------------------
 
@@ -101,12 +136,27 @@ def _post(study: str, body: dict[str, Any]) -> None:
         )
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_trial_task(self, task: dict[str, Any]) -> dict[str, Any]:
-    t = TrialTask.model_validate(task)
-    _install_sigterm()
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+          Request="pbt.tasks.quarantine:TrialRequest")
+def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
     client = channels.redis_client(app.conf.broker_url)
     worker = f"{self.request.hostname or socket.gethostname()} (pid {os.getpid()})"
+    queue = (self.request.delivery_info or {}).get("routing_key") or "?"
+    try:
+        t = _trust().check(decode_task(args, kwargs))
+    except Malformed as exc:
+        quarantine.set_aside(client, queue, str(exc), _body(args, kwargs))
+        return {"refused": str(exc)}
+    except NotServed as exc:  # well-formed, for another worker: set aside and tell its study
+        quarantine.set_aside(client, queue, str(exc), _body(args, kwargs))
+        task = exc.task
+        _post(task.study, TrialResult(
+            study=task.study, trial_id=task.trial_id, attempt=task.attempt, status=TrialStatus.FAILED,
+            error=f"{worker}: {exc}", retryable=True, scope=FailureScope.WORKER, worker=worker,
+            finished_at=time.time(),
+        ).model_dump(mode="json") | {"kind": "result"})
+        return {"refused": str(exc)}
+    _install_sigterm()
     current = client.get(channels.attempt_key(t.study, t.trial_id))
     if current is not None and int(current) > t.attempt:
         log.info("skipping %s attempt %d: attempt %s superseded it", t.trial_id, t.attempt, int(current))
@@ -131,7 +181,71 @@ def run_trial_task(self, task: dict[str, Any]) -> dict[str, Any]:
             except Exception as exc:
                 log.debug("could not clear the liveness key: %s", exc)
     _post(t.study, result.model_dump(mode="json") | {"kind": "result"})
+    _health.after(result)
     return {"trial": t.trial_id, "attempt": t.attempt, "status": result.status.value, "objective": result.objective}
+
+
+def _trust() -> WorkerTrust:
+    global _trusted
+    if _trusted is None:
+        _trusted = WorkerTrust.from_env()
+    return _trusted
+
+
+_trusted: WorkerTrust | None = None
+
+
+def _body(args: Any, kwargs: Any) -> str:
+    try:
+        return json.dumps({"args": args, "kwargs": kwargs}, default=repr)[:4000]
+    except (TypeError, ValueError, RecursionError):
+        return repr((args, kwargs))[:4000]
+
+
+class _Health:
+    """How this process has fared: it leaves when its trials say it is unfit (module docstring)."""
+
+    def __init__(self) -> None:
+        self.env_failures = 0
+
+    def after(self, result: TrialResult) -> None:
+        worker_fault = result.status is TrialStatus.FAILED and result.scope is FailureScope.WORKER
+        self.env_failures = self.env_failures + 1 if worker_fault else 0
+        reason = (result.error or "").strip().splitlines()[0] if result.error else ""
+        if result.recycle:
+            self.leave(f"{result.trial_id} attempt {result.attempt} left this process unfit: {reason}", retire=False)
+        elif self.env_failures >= MAX_ENV_FAILURES:
+            self.leave(f"the last {self.env_failures} trials failed because of this worker's environment "
+                       f"(the last: {reason}); fix it and start the worker again", retire=True)
+
+    def leave(self, reason: str, retire: bool) -> None:
+        from billiard.process import current_process
+
+        if current_process().name != "MainProcess":
+            log.warning("pool process %d leaves: %s", os.getpid(), reason)
+            raise quarantine.ProcessUnfit(reason, retire=retire)  # after the result was posted
+        # -P solo or threads: the worker itself is the process; it stops and a supervisor restarts it.
+        quarantine.retire(reason)
+
+
+_health = _Health()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_logs(logger: Any = None, **_: Any) -> None:
+    """Celery set up its handlers: no credentials in any line they write, whatever ``-l`` says."""
+    redact_logs(logger)
+    redact_logs()
+
+
+@signals.worker_ready.connect
+def _say_what_is_served(sender: Any = None, **_: Any) -> None:
+    trust = WorkerTrust.from_env()
+    log.info("pbt worker serves %s", trust.describe())
+    if not trust.storages:
+        log.warning("this worker serves no storage, so it will refuse every trial: start it with "
+                    "`pbt worker --storage URI` or set PBT_WORKER_STORAGE (or PBT_STORAGE)")
 
 
 # --- preemption ------------------------------------------------------------------------------

@@ -183,13 +183,19 @@ def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class Workers:
-    """``celery -A pbt.tasks worker`` processes on one queue, each in its own process group."""
+    """``celery -A pbt.tasks worker`` processes on one queue, each in its own process group.
 
-    def __init__(self, broker: str, logdir: Path, env: dict[str, str] | None = None) -> None:
+    They serve ``storage`` (default: everything below ``logdir``) and pbt's own trainers plus
+    ``trainers`` (comma-separated import prefixes), as ``pbt worker --storage --trainers`` would.
+    """
+
+    def __init__(self, broker: str, logdir: Path, env: dict[str, str] | None = None, storage: str | None = None,
+                 trainers: str = "") -> None:
         self.broker = broker
         self.queue = f"pbt.test.{uuid.uuid4().hex[:8]}"
         self.logdir = Path(logdir)
-        self.env = {**os.environ, "PBT_BROKER_URL": broker, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**os.environ, "PBT_BROKER_URL": broker, "PYTHONUNBUFFERED": "1",
+                    "PBT_WORKER_STORAGE": storage or str(self.logdir), "PBT_WORKER_TRAINERS": trainers, **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
         self.count = 0
 
