@@ -244,7 +244,7 @@ def test_watch_refreshes_until_the_study_finishes():
 
 
 def test_stop_pauses_after_in_flight_trials_and_resume_finishes_the_same_study(tmp_path):
-    data = toy_data(budget={"total_steps": 192}, trainer={"config": {"lr": 0.01, "sleep_per_step": 0.025}},
+    data = toy_data(budget={"total_steps": 192}, trainer={"config": {"lr": 0.01, "sleep_per_step": 0.1}},
                     execution={"parallelism": 4, "checkpoint_every": 2})
     study = write_study(tmp_path / "s.yaml", data)
     reference = tmp_path / "reference"
