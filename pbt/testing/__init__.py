@@ -5,7 +5,8 @@
 * the contract suites are pytest classes a user subclasses to hold their own implementation
   to the properties pbt's are held to, as Optuna ships ``optuna.testing.pytest_storages``:
   :class:`~pbt.testing.storage.ObjectStoreContract` and
-  :class:`~pbt.testing.storage.CheckpointContract` (storage back ends).
+  :class:`~pbt.testing.storage.CheckpointContract` (storage back ends) and
+  :class:`~pbt.testing.policies.PolicyContract` (policies).
   Each class's docstring says which fixture to provide.
 
 The process helpers are re-exported here, so ``from pbt.testing import RedisServer`` works. The
@@ -38,12 +39,14 @@ from pbt.testing.processes import (
 _SUITES = {
     "CheckpointContract": "pbt.testing.storage",
     "ObjectStoreContract": "pbt.testing.storage",
+    "PolicyContract": "pbt.testing.policies",
 }
 
 __all__ = [
     "CheckpointContract",
     "FaultyS3Proxy",
     "ObjectStoreContract",
+    "PolicyContract",
     "RedisServer",
     "Workers",
     "children",
