@@ -5,8 +5,9 @@
 * the contract suites are pytest classes a user subclasses to hold their own implementation
   to the properties pbt's are held to, as Optuna ships ``optuna.testing.pytest_storages``:
   :class:`~pbt.testing.storage.ObjectStoreContract` and
-  :class:`~pbt.testing.storage.CheckpointContract` (storage back ends) and
-  :class:`~pbt.testing.policies.PolicyContract` (policies).
+  :class:`~pbt.testing.storage.CheckpointContract` (storage back ends),
+  :class:`~pbt.testing.policies.PolicyContract` (policies) and
+  :class:`~pbt.testing.executors.ExecutorContract` (ways of running a study's trials).
   Each class's docstring says which fixture to provide.
 
 The process helpers are re-exported here, so ``from pbt.testing import RedisServer`` works. The
@@ -40,10 +41,12 @@ _SUITES = {
     "CheckpointContract": "pbt.testing.storage",
     "ObjectStoreContract": "pbt.testing.storage",
     "PolicyContract": "pbt.testing.policies",
+    "ExecutorContract": "pbt.testing.executors",
 }
 
 __all__ = [
     "CheckpointContract",
+    "ExecutorContract",
     "FaultyS3Proxy",
     "ObjectStoreContract",
     "PolicyContract",
