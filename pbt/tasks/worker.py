@@ -29,8 +29,8 @@ from celery import signals
 from celery.exceptions import Reject
 
 from pbt.tasks import channels
-from pbt.tasks.celery_app import TASK_NAME, make_app
 from pbt.tasks.attempt import Interrupt, Preempted, run_attempt
+from pbt.tasks.celery_app import TASK_NAME, make_app
 from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
 
 log = logging.getLogger("pbt.worker")
