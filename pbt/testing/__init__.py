@@ -8,7 +8,9 @@
   :class:`~pbt.testing.storage.CheckpointContract` (storage back ends),
   :class:`~pbt.testing.policies.PolicyContract` (policies) and
   :class:`~pbt.testing.executors.ExecutorContract` (ways of running a study's trials).
-  Each class's docstring says which fixture to provide.
+  Each class's docstring says which fixture to provide. Their assertions live in this
+  package, so put ``pytest.register_assert_rewrite("pbt.testing")`` at the top of your
+  ``conftest.py`` (before anything imports :mod:`pbt.testing`) to see the values of a failing one.
 
 The process helpers are re-exported here, so ``from pbt.testing import RedisServer`` works. The
 suites import pytest and hypothesis (``pip install 'pbt[test]'``), so they are loaded on first
