@@ -342,9 +342,9 @@ class ExecutorContract:
     def test_a_killed_controller_resumes_without_rerunning_or_duplicating(
         self, runner: StudyRunner, study_name: str, tmp_path: Path
     ) -> None:
-        budget = 192
+        budget = 160
         data = toy_study(name=study_name, budget={"total_steps": budget},
-                         trainer={"config": {"lr": 0.01, "sleep_per_step": 0.05}}, execution={"checkpoint_every": 2})
+                         trainer={"config": {"lr": 0.01, "sleep_per_step": 0.04}}, execution={"checkpoint_every": 2})
         study = runner.study(tmp_path / "s.yaml", data)
         reference = tmp_path / "reference"
         assert runner.run(study, str(reference)).returncode == 0
