@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
+from pbt.study_file import parse_spec
 from pbt.testing import RedisServer, Workers, ping
 
 

@@ -45,7 +45,7 @@ from typing import Any
 from wavenet_common import ROOT, bare_loop, ensure_corpus, load_trials, phase_totals, search_space, trainer_config
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
+from pbt.study_file import parse_spec
 
 
 def study(name: str, policy: str, steps: int, trials: int, config: dict[str, Any], size: str, storage: str,

@@ -4,13 +4,16 @@ Every method runs through the real controller and embedded workers (the same cod
 ``pbt run``), over several seeds, and this prints one JSON object:
 
     {"budget_steps": S, "seeds": N, "methods": {"pbt": {"final_q_mean", "final_q_std",
-     "steps_to_1_19_mean", ...}, "random": {...}, "fixed": {...}}}
+     "steps_to_1_19_mean", "exploit_fraction", ...}, "random": {...}, "fixed": {...}}}
 
+PBT runs with tournament and truncation selection, each with every member in flight
+(parallelism = population size, 10) and in budget mode (parallelism 2).
 ``final_q`` is the best Q(θ) a method found (Q* = 1.2). ``steps_to_1_19`` is the total training
 steps the study had spent — over all its trials, in trial order — when a trial first reached
-Q ≥ 1.19; null where a method never got there.
+Q ≥ 1.19; null where a method never got there. ``exploit_fraction`` is the share of PBT's
+decisions (trials with a parent) that copied another member.
 
-Usage: python benchmarks/toy_quality.py [--seeds 5] [--budget 2000] [--workers 2]
+Usage: python benchmarks/toy_quality.py [--seeds 5] [--budget 2000] [--workers 2] [--methods pbt,random]
 """
 
 from __future__ import annotations
@@ -25,30 +28,40 @@ from pathlib import Path
 from typing import Any
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 
 THRESHOLD = 1.19
 
 
+PBT = {"name": "pbt", "options": {"population_size": 10, "steps_per_trial": 4}}
+TRUNCATION = {"name": "pbt", "options": {**PBT["options"], "selection": "truncation"}}
+
+#: method -> (algorithm, parallelism)
+METHODS: dict[str, tuple[dict[str, Any], int]] = {
+    "pbt": (PBT, 10),
+    "pbt-p2": (PBT, 2),
+    "pbt-truncation": (TRUNCATION, 10),
+    "pbt-truncation-p2": (TRUNCATION, 2),
+    "random": ({"name": "random", "options": {"num_trials": 10}}, 10),
+    # A practitioner's small grid. The toy's optimum h = (1, 1) lies on the search space's
+    # bound, so a grid that includes the bound would be optimal by construction.
+    "fixed": ({"name": "grid", "options": {"grid": {"h0": [0.25, 0.5, 0.75], "h1": [0.25, 0.5, 0.75]}}}, 10),
+}
+
+
 def study(method: str, budget: int, seed: int, storage: str) -> dict[str, Any]:
-    algorithms = {
-        "pbt": {"name": "pbt", "options": {"population_size": 10, "steps_per_trial": 4}},
-        "random": {"name": "random", "options": {"num_trials": 10}},
-        # A practitioner's small grid. The toy's optimum h = (1, 1) lies on the search space's
-        # bound, so a grid that includes the bound would be optimal by construction.
-        "fixed": {"name": "grid", "options": {"grid": {"h0": [0.25, 0.5, 0.75], "h1": [0.25, 0.5, 0.75]}}},
-    }
+    algorithm, parallelism = METHODS[method]
     return {
         "name": f"{method}-s{seed}",
         "objective": {"metric": "q", "mode": "max"},
         "parameters": {"h0": {"type": "float", "low": 0.0, "high": 1.0},
                        "h1": {"type": "float", "low": 0.0, "high": 1.0}},
-        "algorithm": algorithms[method],
+        "algorithm": algorithm,
         "budget": {"total_steps": budget},
         "trainer": {"path": "pbt.trainers.toy:ToyTrainer", "config": {"lr": 0.01}},
-        "execution": {"parallelism": 10},
+        "execution": {"parallelism": parallelism},
         "storage": storage,
         "seed": seed,
     }
@@ -66,7 +79,10 @@ def measure(method: str, budget: int, seed: int, workers: int, root: Path) -> di
         if reached is None and t.objective is not None and t.objective >= THRESHOLD:
             reached = spent
     finals = [t.objective for t in trials if t.usable]
-    return {"final_q": max(finals), "steps_to_1_19": reached, "steps": spent, "trials": len(trials), "wall_s": wall}
+    decisions = [t for t in trials if t.parent is not None]
+    exploits = sum(1 for t in decisions if t.metadata.get("exploit"))
+    return {"final_q": max(finals), "steps_to_1_19": reached, "steps": spent, "trials": len(trials), "wall_s": wall,
+            "exploit_fraction": exploits / len(decisions) if decisions else None}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,6 +96,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "steps_mean": statistics.fmean(r["steps"] for r in runs),
         "trials_mean": statistics.fmean(r["trials"] for r in runs),
         "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+        "exploit_fraction": (statistics.fmean(r["exploit_fraction"] for r in runs)
+                             if all(r["exploit_fraction"] is not None for r in runs) else None),
         "runs": finals,
     }
 
@@ -89,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=2000, help="total training steps per study")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     args = parser.parse_args(argv)
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     methods: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pbt-bench-") as tmp:
-        for method in ("pbt", "random", "fixed"):
+        for method in chosen:
             runs = []
             for seed in range(args.seeds):
                 runs.append(measure(method, args.budget, seed, args.workers, Path(tmp) / f"{method}-{seed}"))

@@ -46,7 +46,7 @@ def ensure_corpus(path: Path | str) -> Path:
     """The corpus the example studies expect; built (seconds) when missing, like ``pbt data speech``."""
     path = Path(path)
     if not (path / "manifest.json").is_file():
-        from pbt.wavenet.speech import build_speech_corpus
+        from pbt.wavenet.corpus import build_speech_corpus
 
         print(f"building the speech corpus in {path} ...", file=sys.stderr)
         build_speech_corpus(path, seed=0)

@@ -46,7 +46,7 @@ from wavenet_common import ROOT, ensure_corpus, load_trials, phase_totals, searc
 from wavenet_figures import plot_all
 
 from pbt.launch import run_study
-from pbt.spec import parse_spec
+from pbt.study_file import parse_spec
 
 METHODS = ("fixed", "random", "bayes", "pbt5", "pbt20")
 PRESETS = {  # size -> (budget steps, PBT interval, continue steps)

@@ -7,6 +7,8 @@ changes the input (a bad study file, a corrupt checkpoint with no fallback).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PbtError(Exception):
     """Base class of every error pbt raises on purpose."""
@@ -35,20 +37,60 @@ class NotFoundError(FatalError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class StudyNotFoundError(NotFoundError):
+    """No study of that name in that storage (the message names both)."""
+
+
 class CorruptCheckpointError(FatalError):
     """A checkpoint's manifest or one of its parts fails verification."""
 
 
-class StorageConfigError(FatalError):
+class StorageUnavailableError(PbtError):
+    """The storage cannot be used: unreachable after retries, or refusing us.
+
+    Catch this one for "storage unreachable"; its two kinds say whether waiting may help:
+    :class:`StorageError` (retryable: a network error, throttling, a server error) and
+    :class:`StorageConfigError` (fatal: no bucket, no permission, no credentials).
+    """
+
+
+class StorageConfigError(FatalError, StorageUnavailableError):
     """Storage refuses us for a reason retrying will not fix: no bucket, no permission, no credentials."""
 
 
-class StorageError(RetryableError):
+class StorageError(RetryableError, StorageUnavailableError):
     """A storage back end failed in a way that may be transient (after its own retries)."""
 
 
 class StudyLockedError(FatalError):
-    """Another controller holds this study's lease."""
+    """The study is already running: another controller holds its lease (the message says which)."""
+
+
+class TrainerContractError(FatalError):
+    """The trainer and the study disagree in a way that is the same for every trial.
+
+    The objective metric is missing from ``evaluate()``, the trainer cannot be imported or
+    constructed from ``trainer.config``, or a protocol method has the wrong signature. The
+    controller ends the study at the first occurrence instead of spending its budget on it.
+    """
+
+
+class TemporaryPolicyError(RetryableError):
+    """A policy cannot answer now; the controller asks it again at the next tick."""
+
+
+class StudyFailedError(FatalError):
+    """The study cannot go on: the controller ends it with this message and a non-zero exit.
+
+    Raised by ``pbt.run`` (and ``StudyRun.wait``) when the study ended as failed; then ``ending``
+    is the :class:`pbt.study_state.Ending` (outcome, reason, message, the failed trial's error)
+    and ``study`` the :class:`pbt.api.Study` as its records stand. Both are None otherwise.
+    """
+
+    def __init__(self, message: str, *, ending: Any = None, study: Any = None) -> None:
+        super().__init__(message)
+        self.ending = ending
+        self.study = study
 
 
 class TrialFailedError(PbtError):

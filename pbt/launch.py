@@ -11,6 +11,7 @@ from pbt.controller.lease import Lease, local_lease
 from pbt.controller.loop import Controller, Snapshot
 from pbt.spec import StudySpec
 from pbt.storage import open_object_store
+from pbt.storage.study_store import StudyStore
 from pbt.tasks.executor import Executor
 
 
@@ -33,10 +34,27 @@ def run_study(
     observer: Callable[[Snapshot], None] | None = None,
     max_seconds: float | None = None,
 ) -> Snapshot:
+    """Run ``spec`` to its end (or pause, or ``max_seconds``) and return the last snapshot.
+
+    With ``execution.tensorboard`` set, every trial's records are written there as TensorBoard
+    events while the study runs (:class:`pbt.tensorboard.LiveTensorBoard`); raises SpecError
+    before anything runs if the ``tensorboard`` extra is missing.
+    """
     objects = open_object_store(spec.storage)
+    board = None
+    if spec.execution.tensorboard:
+        from pbt.tensorboard import LiveTensorBoard
+
+        board = LiveTensorBoard(spec, spec.execution.tensorboard,
+                                initial=lambda: StudyStore(objects, spec.name).load_trials())
     executor, lease = make_executor(spec, workers)
     try:
-        controller = Controller(spec, executor, objects, lease, observer=observer)
+        controller = Controller(spec, executor, objects, lease, observer=observer,
+                                record_listeners=[board.changed] if board else ())
+        if board:
+            board.start()
         return controller.run(max_seconds=max_seconds)
     finally:
         executor.close()
+        if board:
+            board.close()

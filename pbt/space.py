@@ -19,6 +19,12 @@ Value = Union[int, float, str]  # noqa: UP007 - used at runtime by pydantic on 3
 class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mutable: bool = Field(
+        default=True,
+        description="false: explore never changes it and a child keeps its parent's value (for architecture "
+        "choices: weights of one shape cannot be loaded into another); a new member draws it from the prior",
+    )
+
     def sample(self, rng: np.random.Generator) -> Value:
         raise NotImplementedError
 

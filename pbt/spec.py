@@ -1,27 +1,68 @@
-"""The study file: everything a controller needs to run a study, validated before anything runs.
+"""The study file's models: everything a controller needs to run a study, as validated data.
 
-A typo in a study file should cost seconds, not a GPU-hour: unknown fields are refused, every
-bound is checked, the algorithm's options are validated by the policy that will use them, and
-the trainer's import path is resolved. Errors come back as one :class:`~pbt.errors.SpecError`
-listing each bad field by its dotted path and the reason.
+Unknown fields are refused and every bound is checked by the models themselves. Reading a file,
+formatting errors by field path, validating the algorithm's options against the policy that
+will use them and resolving the trainer's import path happen one level up, in
+:mod:`pbt.study_file`, so that this module depends on neither the policies nor the trainers
+(both of which read a :class:`StudySpec`).
 """
 
 from __future__ import annotations
 
 import keyword
-from pathlib import Path
+import math
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pbt.errors import SpecError
+from pbt.importing import import_path
+from pbt.names import validate_name
 from pbt.space import SearchSpace
-from pbt.storage.keys import validate_name
+from pbt.urls import redact_url
+
+# Pydantic names the member of a tagged union it tried ("parameters.h0.float.low"): drop the tag.
+_UNION_TAGS = {"float", "int", "discrete", "categorical"}
+_TYPE_NAMES = "float, int, discrete, categorical"
+
+
+def format_errors(exc: ValidationError, prefix: str = "") -> str:
+    """One indented line per error: ``  <prefix><dotted.field.path>: <reason>``."""
+    lines = []
+    for err in exc.errors():
+        parts = list(err["loc"])
+        if parts[:1] == ["further_objectives"] and len(parts) > 1 and isinstance(parts[1], int):
+            parts = ["objective", parts[1] + 1, *parts[2:]]  # the list the user wrote, not our split of it
+        loc = ".".join(str(p) for p in parts if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown type; expected one of {_TYPE_NAMES}"
+        lines.append(f"  {prefix}{loc}: {msg}" if loc else f"  {prefix}{msg}")
+    return "\n".join(lines)
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        """Built from Python (``pbt.StudySpec(...)``): a bad field raises SpecError, as in a study file."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SpecError(f"{type(self).__name__} is invalid:\n{format_errors(exc)}") from None
+
+    # Validation (a study file, a nested mapping) never calls __init__, as for pydantic's own: only a
+    # person constructing a model in Python reaches the translation above (pydantic-settings does the same).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 class Objective(_Model):
@@ -29,7 +70,15 @@ class Objective(_Model):
     mode: Literal["min", "max"]
 
     def better(self, a: float, b: float) -> bool:
-        """True when value ``a`` is strictly better than ``b``."""
+        """True when value ``a`` is strictly better than ``b``.
+
+        A non-finite value (NaN, +inf, -inf) is the worst possible value in either mode: it is
+        never better than anything, and every finite value is better than it.
+        """
+        if not math.isfinite(a):
+            return False
+        if not math.isfinite(b):
+            return True
         return a < b if self.mode == "min" else a > b
 
     def sign(self) -> float:
@@ -54,8 +103,14 @@ class Budget(_Model):
 
 
 class TrainerSpec(_Model):
-    path: str = Field(description="import path, 'package.module:ClassName'")
+    path: str = Field(description="import path, 'package.module:ClassName' (or ':function')")
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _object_to_path(cls, v: Any) -> Any:
+        """A class or function given from Python becomes its import path (:mod:`pbt.importing`)."""
+        return v if isinstance(v, str) or not callable(v) else import_path(v)
 
 
 class Execution(_Model):
@@ -66,6 +121,14 @@ class Execution(_Model):
     evaluate_every_checkpoint: bool = True
     trial_timeout: float | None = Field(default=None, gt=0, description="seconds before an attempt is killed")
     max_attempts: int = Field(default=3, ge=1, description="attempts per trial before it is marked failed")
+    max_failed_trials: int | None = Field(
+        default=None, ge=1, description="end the study once this many trials have failed (default: no limit)"
+    )
+    max_initial_failures: int | None = Field(
+        default=None, ge=1,
+        description="end the study when this many trials failed with an error before any completed "
+        "(default: max(5, 2 × parallelism))",
+    )
     ordering: Literal["deterministic", "arrival"] = Field(
         default="deterministic",
         description="apply results in trial order (reproducible) or as they arrive (no waiting on stragglers)",
@@ -74,16 +137,41 @@ class Execution(_Model):
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     queue: str = "pbt.trials"
     keep_checkpoints: bool = Field(default=False, description="disable garbage collection of checkpoints")
+    tensorboard: str | None = Field(
+        default=None, min_length=1,
+        description="a local folder: the controller writes TensorBoard events of every trial to FOLDER/NAME/ "
+                    "as they come (`pbt run --tensorboard`; needs the `tensorboard` extra)",
+    )
 
     @field_validator("queue")
     @classmethod
     def _queue_name(cls, v: str) -> str:
         return validate_name(v, "queue name")
 
+    @property
+    def initial_failure_limit(self) -> int:
+        """Trials failed with an error, before any completed, that end the study (``max_initial_failures``)."""
+        return self.max_initial_failures or max(5, 2 * self.parallelism)
+
 
 class StudySpec(_Model):
+    """A whole study, as a study file holds it; build it from Python as ``pbt.StudySpec(...)``.
+
+    Fields (defaults in brackets): ``name`` (letters, digits, ``. _ -``; records live under
+    ``STORAGE/NAME/``), ``objective`` (``{"metric": str, "mode": "min" | "max"}``),
+    ``parameters`` (``{name: {"type": "float" | "int", "low", "high"[, "scale": "log"]}`` or
+    ``{"type": "discrete", "values": [numbers]}`` or ``{"type": "categorical", "values":
+    [strings]}``), ``algorithm`` [``{"name": "pbt", "options": {}}``], ``budget``
+    (``total_steps`` and/or ``max_trials``), ``trainer`` (``{"path": "pkg.mod:Name", "config":
+    {...}}``, or the class or function itself), ``execution`` [parallelism 4, ...], ``storage``
+    [``"runs"``], ``broker`` [None: embedded workers], ``seed`` [0]. Nested parts may be given as
+    dicts or as the models of this module; the README's configuration reference lists every
+    field. A bad field raises :class:`~pbt.errors.SpecError` naming it and the reason.
+    """
+
     name: str
     objective: Objective
+    further_objectives: list[Objective] = Field(default_factory=list, exclude=True)
     parameters: SearchSpace = Field(min_length=1)
     algorithm: Algorithm = Field(default_factory=Algorithm)
     budget: Budget
@@ -97,6 +185,42 @@ class StudySpec(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "study name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _several_objectives(cls, data: Any) -> Any:
+        """``objective: [{...}, {...}]`` names several objectives; the first is the primary one."""
+        if isinstance(data, dict) and isinstance(data.get("objective"), (list, tuple)):
+            objectives = list(data["objective"])
+            if not objectives:
+                raise ValueError("objective: name at least one {metric, mode}")
+            data = {**data, "objective": objectives[0], "further_objectives": objectives[1:]}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_objectives(self) -> StudySpec:
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objective: each metric may appear once, got {metrics}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _join_objectives(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.further_objectives:
+            data["objective"] = [data["objective"], *(o.model_dump() for o in self.further_objectives)]
+        return data
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """Every objective, the primary one first: what a Pareto front is taken over."""
+        return [self.objective, *self.further_objectives]
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _trainer_object(cls, v: Any) -> Any:
+        """``trainer=MyTrainer`` (a class or function, from Python) is ``trainer={"path": MyTrainer}``."""
+        return {"path": v} if callable(v) and not isinstance(v, BaseModel) else v
 
     @field_validator("parameters")
     @classmethod
@@ -112,81 +236,3 @@ class StudySpec(_Model):
         if data.get("broker"):
             data["broker"] = redact_url(data["broker"])
         return data
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host`` → ``redis://:***@host``: URLs are logged, passwords never."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    user = parts.username or ""
-    netloc = f"{user}:***@" if parts.password is not None else f"{user}@"
-    netloc += parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _format(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "union_tag_invalid":
-            msg = f"unknown type; expected one of {_TYPE_NAMES}"
-        lines.append(f"  {prefix}{loc}: {msg}")
-    return "\n".join(lines)
-
-
-_UNION_TAGS = {"float", "int", "discrete", "categorical"}
-_TYPE_NAMES = "float, int, discrete, categorical"
-
-
-def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) -> StudySpec:
-    """Validate raw data (a parsed YAML mapping) into a StudySpec, or raise SpecError."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc)}") from None
-    # Imported here: policies depend on the spec module, not the other way round.
-    from pbt.controller.policies import validate_options
-
-    try:
-        options = validate_options(spec)
-    except ValidationError as exc:
-        raise SpecError(f"{source} is invalid:\n{_format(exc, 'algorithm.options.')}") from None
-    except SpecError as exc:
-        raise SpecError(f"{source} is invalid:\n  {exc}") from None
-    spec.algorithm.options = options
-    if check_trainer:
-        from pbt.trainers.base import load_trainer_class
-
-        try:
-            load_trainer_class(spec.trainer.path)
-        except SpecError as exc:
-            raise SpecError(f"{source} is invalid:\n  {exc}") from None
-    return spec
-
-
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, check_trainer: bool = True) -> StudySpec:
-    """Read a YAML study file, apply command-line overrides (``None`` means "keep"), validate."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, dict):
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                section, _, field = key.partition(".")
-                if field:
-                    data.setdefault(section, {})[field] = value
-                else:
-                    data[key] = value
-    return parse_spec(data, source=str(path), check_trainer=check_trainer)

@@ -28,6 +28,14 @@ class TrialStatus(str, Enum):
         return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
 
 
+class FailureScope(str, Enum):
+    """Who a failed attempt's error belongs to (DESIGN.md, "Failure policy")."""
+
+    TRIAL = "trial"  # this trial: retried up to execution.max_attempts, never a parent
+    STUDY = "study"  # the same for every trial (trainer and study disagree): the study ends
+    WORKER = "worker"  # the worker's environment (memory, storage, credentials, GPU): not the trial's fault
+
+
 class _Model(BaseModel):
     # NaN and inf are information (a diverged trial), not null: keep them through JSON.
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
@@ -89,6 +97,7 @@ class Trial(_Model):
     checkpoint_deleted: bool = False
     resumed_from_step: int | None = None
     warm_start: str | None = None  # the checkpoint actually loaded (differs from parent's on fallback)
+    diverged: bool = False  # failed because its objective was not finite: bad hyperparameters, not an error
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     created_at: float = 0.0
@@ -123,6 +132,7 @@ class TrialTask(_Model):
     trainer: str
     trainer_config: dict[str, Any] = Field(default_factory=dict)
     objective_metric: str
+    further_objective_metrics: list[str] = Field(default_factory=list)  # a study's other objectives
     seed: int
     checkpoint_every: int | None = None
     evaluate_every_checkpoint: bool = True
@@ -146,6 +156,8 @@ class TrialResult(_Model):
     warm_start: str | None = None
     error: str | None = None
     retryable: bool = False  # a failure that another attempt may not repeat
+    scope: FailureScope = FailureScope.TRIAL  # whose fault a failure is
+    diverged: bool = False  # the objective was not finite at an evaluation (a failure, not an error)
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     finished_at: float = 0.0

@@ -31,19 +31,22 @@ END = "<!-- config-reference:end -->"
 
 NOTES: dict[str, str] = {
     "name": "study name: letters, digits, `.`, `_`, `-`; the records live under `STORAGE/NAME/`",
-    "objective": "what to optimise",
+    "objective": "what to optimise; a list of them for several objectives (the first is the primary one; "
+    "PBT then ranks by Pareto dominance)",
     "objective.metric": "key of the trainer's `evaluate()` result",
     "objective.mode": "`min` or `max`",
     "parameters": "the search space, one entry per hyperparameter: `{type: float, low, high}` (or `int`; "
     "add `scale: log` for a log scale), `{type: discrete, values: [numbers]}`, "
-    "`{type: categorical, values: [strings]}`",
+    "`{type: categorical, values: [strings]}`; any of them `mutable: false` to keep it fixed along a lineage "
+    "(architecture choices)",
     "algorithm": "the search policy",
     "execution": "how trials run",
     "algorithm.name": "`pbt`, `random`, `grid`, `bayes`, or `package.module:MyPolicy`",
     "algorithm.options": "the policy's options (tables below)",
     "budget": "at least one of the two limits",
-    "budget.total_steps": "training steps over all trials",
-    "budget.max_trials": "completed trials",
+    "budget.total_steps": "steps over all trials: each trial is charged the steps it is given, failed ones too; "
+    "one stopped early, the steps up to its stop (see Budgets)",
+    "budget.max_trials": "trials created, failed and stopped ones included (see Budgets)",
     "trainer": "the black box",
     "trainer.config": "passed as-is to the trainer's constructor",
     "execution.evaluate_every_checkpoint": "also evaluate at every in-trial checkpoint (curves in reports)",
@@ -54,12 +57,13 @@ NOTES: dict[str, str] = {
     "(`--broker` / `PBT_BROKER_URL` override)",
     "seed": "study seed: same seed, same study, whatever the workers",
     "pbt.population_size": "members trained in parallel",
-    "pbt.selection": "`tournament` (binary, within the window) or `truncation` (bottom copies top)",
+    "pbt.selection": "`tournament` (binary, within the window; never waits) or `truncation` (bottom copies top, "
+    "ranked at the same generation)",
     "pbt.truncation_fraction": "top/bottom fraction for truncation selection",
     "pbt.perturb_factors": "explore: multiply numbers by one of these",
     "pbt.resample_probability": "explore: draw from the prior instead of perturbing",
     "random.median_stopping": "stop a running trial whose latest objective is worse than the median of "
-    "completed trials at the same step",
+    "completed trials at the same step (see Early stopping)",
     "random.min_completed_for_stopping": "completed trials before median stopping acts",
     "grid.grid": "explicit values per parameter; default: `points_per_param` evenly spaced values",
     "grid.points_per_param": "values per numeric parameter when `grid` is not given",
@@ -87,6 +91,8 @@ def _default(field) -> str:
 def _rows(model: type[BaseModel], prefix: str, note_prefix: str | None = None) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # set from another field (several objectives: `objective` as a list)
         key = f"{note_prefix if note_prefix is not None else prefix}{name}"
         desc = field.description or NOTES.get(key, "")
         ann = field.annotation

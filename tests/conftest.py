@@ -24,16 +24,26 @@ _NO_REDIS = (
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    """PBT_TEST_REDIS_URL, else 127.0.0.1:6379, else a private redis-server; never a silent skip."""
-    url = os.environ.get("PBT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if ping(url):
+    """PBT_TEST_REDIS_URL if set, else a private redis-server, else one at 127.0.0.1:6379.
+
+    Private by default: the distributed tests use fixed study names, whose result queues, flags
+    and controller leases would collide with any other run sharing a Redis.
+    """
+    url = os.environ.get("PBT_TEST_REDIS_URL")
+    if url:
+        if not ping(url):
+            pytest.fail(f"PBT_TEST_REDIS_URL={url} does not answer", pytrace=False)
         yield url
         return
-    if not shutil.which("redis-server"):
+    if shutil.which("redis-server"):
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    url = "redis://127.0.0.1:6379/0"
+    if not ping(url):
         pytest.fail(_NO_REDIS.format(url=url), pytrace=False)
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield url

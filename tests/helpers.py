@@ -6,7 +6,8 @@ import copy
 import math
 from typing import Any
 
-from pbt.spec import StudySpec, parse_spec
+from pbt.spec import StudySpec
+from pbt.study_file import parse_spec
 from pbt.testing.executors import TOY as _TOY
 from pbt.trial import Suggestion, Trial, TrialStatus
 

@@ -15,7 +15,7 @@ from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name
 from pbt.tasks.attempt import Preempted, run_attempt
 from pbt.trainers.toy import ToyTrainer
-from pbt.trial import TrialStatus, TrialTask
+from pbt.trial import FailureScope, TrialStatus, TrialTask
 
 
 def task(tmp_path: Path, trial_id="t000001", number=1, steps=8, **kw) -> TrialTask:
@@ -135,10 +135,66 @@ def test_a_nan_objective_fails_the_trial_and_is_not_retried(tmp_path):
     assert result.objective is None
 
 
+def test_a_non_finite_intermediate_objective_stops_the_attempt_at_that_evaluation(tmp_path):
+    result = run_attempt(task(tmp_path, steps=100, checkpoint_every=10, trainer_config={"nan_above": 0.1}))
+    assert result.status is TrialStatus.FAILED and not result.retryable
+    assert result.steps_done == 10, "a diverged trial is not trained to its end"
+    assert "is nan at step 10" in result.error
+
+
 def test_a_missing_objective_metric_names_what_evaluate_returned(tmp_path):
     result = run_attempt(task(tmp_path, objective_metric="accuracy"))
     assert result.status is TrialStatus.FAILED and not result.retryable
     assert "returned no 'accuracy'" in result.error and "['q']" in result.error
+    assert result.scope is FailureScope.STUDY  # the same for every trial: the study ends
+
+
+class _Trainer:
+    """Does nothing; the subclasses below each break the trainer contract in one way."""
+
+    def __init__(self, config):
+        pass
+
+    def setup(self, hparams, *, seed):
+        pass
+
+    def train(self, steps):
+        pass
+
+    def evaluate(self):
+        return {"q": 1.0}
+
+    def save(self, directory):
+        pass
+
+    def load(self, directory):
+        pass
+
+
+class _NeedsConfig(_Trainer):
+    def __init__(self, config):
+        self.depth = config["depth"]  # KeyError: trainer.config lacks what the trainer needs
+
+
+class _NoSeed(_Trainer):
+    def setup(self, hparams):  # the protocol passes seed=...: a wrong signature
+        pass
+
+
+class _BugInside(_Trainer):
+    def setup(self, hparams, *, seed):
+        raise TypeError("a bug inside setup, for these hyperparameters only")
+
+
+@pytest.mark.parametrize(("trainer", "scope"), [
+    ("test_attempt:_NeedsConfig", FailureScope.STUDY),
+    ("test_attempt:_NoSeed", FailureScope.STUDY),
+    ("test_attempt:_BugInside", FailureScope.TRIAL),
+])
+def test_errors_every_trial_would_hit_are_study_scoped_and_others_are_not(tmp_path, trainer, scope):
+    result = run_attempt(task(tmp_path, trainer=trainer))
+    assert result.status is TrialStatus.FAILED and result.scope is scope, result.error
+    assert result.retryable is (scope is FailureScope.TRIAL)
 
 
 def test_stop_and_preempt_save_progress(tmp_path):

@@ -14,7 +14,8 @@ from helpers import Simulator, toy_data
 
 from pbt.controller.policies import make_policy
 from pbt.errors import SpecError
-from pbt.spec import StudySpec, parse_spec
+from pbt.spec import StudySpec
+from pbt.study_file import parse_spec
 from pbt.trial import Suggestion, Trial, TrialStatus
 
 OPTIMUM = 1.3

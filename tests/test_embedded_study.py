@@ -33,12 +33,23 @@ def test_readme_quick_start_runs_the_toy_study(tmp_path):
     proc = pbt("run", "examples/toy.yaml", "--storage", str(tmp_path / "runs"), timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert time.time() - started < 60
-    assert "best trial" in proc.stderr and "hyperparameter schedule" in proc.stderr
+    # The result goes to stdout (progress and notices to stderr), in lines as wide as they need.
+    assert "best trial" in proc.stdout and "hyperparameter schedule of the best lineage:" in proc.stdout
+    assert "best trial" not in proc.stderr
+    assert "next: pbt status toy --storage" in proc.stdout and "pbt report toy --storage" in proc.stdout
     data = status("toy", str(tmp_path / "runs"))
     assert_complete_and_once(data)
     assert data["best"]["objective"] > 1.19  # Q* = 1.2
     assert sum(t["steps_done"] for t in data["trials"]) == 2000  # exactly the step budget
     assert data["state"]["finished"] is True
+
+    # Run again: nothing new to do, and it says so (and how to extend the study).
+    again = pbt("run", "examples/toy.yaml", "--storage", str(tmp_path / "runs"), timeout=120, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert "study toy had already finished (the step budget is spent)" in again.stderr
+    assert "raise budget.total_steps" in again.stderr and "examples/toy.yaml" in again.stderr
+    assert f"best trial {data['best']['id']}" in again.stdout
+    assert len(status("toy", str(tmp_path / "runs"))["trials"]) == len(data["trials"])
 
 
 def test_cli_help_and_exit_codes(tmp_path):

@@ -19,7 +19,8 @@ from pbt.controller.evolution import Population, Tournament, Truncation, objecti
 from pbt.controller.policies import make_policy
 from pbt.controller.policies.pbt import PBT
 from pbt.controller.view import TrialView
-from pbt.spec import StudySpec, parse_spec
+from pbt.spec import StudySpec
+from pbt.study_file import parse_spec
 from pbt.testing import PolicyContract
 from pbt.testing.policies import Simulator as ContractSimulator
 from pbt.testing.policies import kept_by_gc

@@ -14,7 +14,7 @@ import pytest
 from helpers import toy_spec
 
 from pbt.analysis.replay import choose_trial, replay
-from pbt.analysis.report import load_study
+from pbt.analysis.study import open_study
 from pbt.errors import FatalError, NotFoundError
 from pbt.launch import run_study
 from pbt.lineage import best_trial, lineage
@@ -53,7 +53,8 @@ def study(tmp_path_factory) -> tuple[str, object, list]:
     storage = str(tmp_path_factory.mktemp("replay") / "runs")
     spec = toy_spec(storage=storage, seed=7, execution={"parallelism": 4, "checkpoint_every": 3})
     assert run_study(spec, workers=2).finished
-    spec, trials, _ = load_study("toy", storage)
+    stored = open_study(storage, "toy")
+    spec, trials = stored.spec, stored.trials
     return storage, spec, trials
 
 

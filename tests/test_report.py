@@ -14,17 +14,24 @@ from pathlib import Path
 import pytest
 from helpers import Simulator, toy_data, toy_spec
 
-from pbt.analysis.report import FIGURES, load_study, report_study, write_report
+from pbt.analysis.report import FIGURES, report_study, write_report
+from pbt.analysis.study import open_study
 from pbt.controller.policies import make_policy
 from pbt.launch import run_study
 from pbt.lineage import best_trial, lineage, schedule
-from pbt.spec import parse_spec
 from pbt.storage import open_object_store
 from pbt.storage.study_store import StudyStore
+from pbt.study_file import parse_spec
 from pbt.testing import kill_group, pbt, pbt_background, wait_for, write_study
 from pbt.trial import MetricReport, TrialStatus
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def html_text(out: Path) -> str:
+    import html
+
+    return html.unescape((out / "index.html").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,8 @@ def test_report_of_a_finished_study_shows_every_trial_and_the_recorded_lineage(f
     for name in FIGURES:
         assert (out / name).read_bytes().startswith(PNG)
 
-    spec, trials, _ = load_study("toy", str(finished))
+    stored = open_study(str(finished), "toy")
+    spec, trials = stored.spec, stored.trials
     data = json.loads((out / "report.json").read_text())
     by_id = {t.id: t for t in trials}
     assert data["state"] == "finished" and data["counts"] == {"completed": len(trials)}
@@ -88,6 +96,25 @@ def test_report_of_a_finished_study_shows_every_trial_and_the_recorded_lineage(f
     assert [r["trial"] for r in data["top"]] == [t.id for t in ranked]
     for phase, total in data["time_totals"].items():
         assert math.isclose(total, sum(getattr(t.timings, phase) for t in trials))
+    # ... and what explains them: workers seen (two embedded processes), parallelism, wall time.
+    use = data["time_use"]
+    assert (use["workers"], use["parallelism"], use["trials"]) == (2, 4, len(trials))
+    assert math.isclose(use["queue_seconds"], data["time_totals"]["queue_wait"])
+    assert use["worker_seconds"] > 0 and 0 < use["wall_seconds"] <= max(t.finished_at for t in trials) - min(
+        t.created_at for t in trials) + 1e-6
+    assert "Queue wait is the time from a trial's publication to a worker starting it" in html_text(out)
+    assert "4 trials are in flight (execution.parallelism) for 2 workers" in html_text(out)
+
+    # Every lineage root is named with its fate: survivors first, each with how far it got.
+    roots = {t.id for t in trials if t.parent is None}
+    fates = data["root_fates"]
+    assert {f["root"] for f in fates} == roots and sum(f["trials"] for f in fates) == len(trials)
+    latest = {t.member: t for t in trials}  # the last trial of each member
+    alive = {data["roots"][t.id] for t in latest.values()}
+    assert {f["root"] for f in fates if f["survives"]} == alive
+    assert [f["survives"] for f in fates] == sorted((f["survives"] for f in fates), reverse=True)
+    for f in fates:
+        assert f["last_step"] == max(t.lineage_steps for t in trials if data["roots"][t.id] == f["root"])
 
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == len(FIGURES)  # self-contained

@@ -17,9 +17,9 @@ from helpers import toy_data
 
 from pbt.controller.policies import make_policy
 from pbt.lineage import ancestry, best_trial, lineage
-from pbt.spec import parse_spec
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.s3 import S3ObjectStore
+from pbt.study_file import parse_spec
 from pbt.testing import FaultyS3Proxy, Workers, kill_group, pbt, pbt_background, wait_for, write_study
 from pbt.testing.executors import assert_complete_and_once
 from pbt.trial import Trial
@@ -62,7 +62,7 @@ def check_checkpoints(bucket: str, storage: str, data: dict) -> None:
     spec = parse_spec(data["study"], check_trainer=False)
     trials = [Trial.model_validate(t) for t in data["trials"]]
     best = best_trial(trials, spec.objective)
-    keep = ancestry(trials, make_policy(spec).parent_candidates(trials) | {best.id})
+    keep = ancestry(make_policy(spec).parent_candidates(trials) | {best.id}, {t.id: t for t in trials}.get)
     assert {t.id for t in lineage(trials, best)} <= keep
     remaining = {name.split("/")[2] for name in store.list(f"{spec.name}/checkpoints/")}
     assert remaining == keep, (sorted(remaining - keep), sorted(keep - remaining))

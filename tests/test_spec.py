@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pbt.errors import SpecError
-from pbt.spec import load_spec, parse_spec, redact_url
+from pbt.study_file import load_spec, parse_spec
+from pbt.urls import redact_url
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

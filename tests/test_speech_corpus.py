@@ -13,14 +13,10 @@ pytest.importorskip("espeakng_loader")
 pytest.importorskip("scipy")
 
 from pbt.errors import FatalError
-from pbt.wavenet import speech
-from pbt.wavenet.speech import (
-    CorpusError,
-    build_speech_corpus,
-    load_speech_corpus,
-    make_sentences,
-    write_wav,
-)
+from pbt.wavenet import corpus as speech_corpus
+from pbt.wavenet.corpus import CorpusError, build_speech_corpus, load_speech_corpus
+from pbt.wavenet.sentences import make_sentences
+from pbt.wavenet.wav import write_wav
 
 SMALL = {"sentences": 6, "voices": ["en-us", "en-us+f2"], "takes": 2, "validation_fraction": 0.34}
 
@@ -47,7 +43,7 @@ def test_build_is_deterministic_for_a_seed(corpus: Path, tmp_path: Path, monkeyp
     build_speech_corpus(again, seed=7, **SMALL)
     assert _tree_bytes(again) == _tree_bytes(corpus)
     # Several synthesis processes, finishing in any order, write the same bytes as one.
-    monkeypatch.setattr(speech, "CHUNK", 5)
+    monkeypatch.setattr(speech_corpus, "CHUNK", 5)
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     build_speech_corpus(serial, seed=7, workers=1, **SMALL)
     build_speech_corpus(parallel, seed=7, workers=3, **SMALL)

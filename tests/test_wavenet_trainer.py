@@ -13,7 +13,7 @@ pytest.importorskip("espeakng_loader")
 
 from pbt.errors import CorruptCheckpointError, SpecError  # noqa: E402
 from pbt.trainers import Trainer, load_trainer_class  # noqa: E402
-from pbt.wavenet.speech import build_speech_corpus  # noqa: E402
+from pbt.wavenet.corpus import build_speech_corpus  # noqa: E402
 from pbt.wavenet.trainer import CHECKPOINT, WaveNetTrainer, sample_audio  # noqa: E402
 
 TINY = {
@@ -86,7 +86,7 @@ def test_evaluate_is_deterministic(config: dict[str, Any]) -> None:
     trainer = _trainer(config)
     trainer.train(2)
     first = trainer.evaluate()
-    assert set(first) == {"val_bps", "train_bps"}
+    assert set(first) == {"val_bps", "train_bps", "params"}
     assert trainer.evaluate() == first
     twin = _trainer(config)
     twin.train(2)
@@ -176,8 +176,21 @@ def test_vocoder_mode_trains_and_samples(config: dict[str, Any], tmp_path: Path)
     trainer = WaveNetTrainer(cfg)
     trainer.setup({"lr": 3e-3}, seed=0)
     trainer.train(2)
-    assert set(trainer.evaluate()) == {"val_bps", "train_bps"}
+    assert set(trainer.evaluate()) == {"val_bps", "train_bps", "params"}
     trainer.save(tmp_path)
     out = sample_audio(tmp_path, tmp_path / "copy.wav", seconds=0.02, config=cfg)
     with wave.open(str(out), "rb") as w:
         assert w.getnframes() == 320
+
+
+def test_architecture_can_be_tuned_and_a_checkpoint_only_loads_into_its_own_shape(config, tmp_path) -> None:
+    small, large = WaveNetTrainer(config), WaveNetTrainer(config)
+    small.setup({"lr": 1e-3, "residual_channels": 4}, seed=0)
+    large.setup({"lr": 1e-3, "residual_channels": 12}, seed=0)
+    assert small.evaluate()["params"] < large.evaluate()["params"]  # model size: a second objective
+    small.save(tmp_path)
+    twin = WaveNetTrainer(config)
+    twin.setup({"lr": 3e-3, "residual_channels": 4}, seed=1)
+    twin.load(tmp_path)  # same architecture, other learning rate: a PBT child
+    with pytest.raises(SpecError, match="mutable: false"):
+        large.load(tmp_path)

@@ -13,7 +13,8 @@ state a trainer does not checkpoint — then, after the first segment, ``load`` 
 ``save`` wrote at the end of the previous segment (through a temporary directory: the protocol
 has no "set hyperparameters" call, and this is precisely a warm start), then ``train`` in the
 same chunks as the original (``execution.checkpoint_every``) with the same intermediate
-evaluations, and a final ``evaluate``. With no scaling, a deterministic trainer (the toy one)
+evaluations, and a final ``evaluate`` — through the workers' own loop,
+:class:`~pbt.trainers.driver.TrainerDriver`. With no scaling, a deterministic trainer (the toy one)
 reproduces the original objective bit for bit.
 """
 
@@ -33,6 +34,7 @@ from pbt.lineage import best_trial, lineage
 from pbt.space import Value
 from pbt.spec import StudySpec
 from pbt.trainers.base import load_trainer_class
+from pbt.trainers.driver import TrainerDriver
 from pbt.trial import Trial, trial_seed
 
 
@@ -146,7 +148,7 @@ def replay(
         segments=[], original_objective=float(target.objective),  # type: ignore[arg-type]
         original_steps=target.lineage_steps, started_at=time.time(),
     )
-    runner = _Runner(trainer, spec)
+    steps = 0  # lineage steps of the replay so far
     workdir = Path(tempfile.mkdtemp(prefix=f"pbt-replay-{target.id}-"))
     try:
         state: Path | None = None
@@ -154,14 +156,14 @@ def replay(
             seg = ReplaySegment(
                 trial=t.id, params=dict(t.params), exploit=bool(t.metadata.get("exploit")),
                 seed=trial_seed(spec.seed, t.number), original_start=t.start_lineage_steps,
-                original_end=t.lineage_steps, start=runner.steps, end=runner.steps, original_objective=t.objective,
+                original_end=t.lineage_steps, start=steps, end=steps, original_objective=t.objective,
             )
             t0 = time.perf_counter()
             trainer.setup(seg.params, seed=seg.seed)
             if state is not None:
                 trainer.load(state)  # a warm start from the previous segment's final state
                 shutil.rmtree(state, ignore_errors=True)  # one state on disk at a time, whatever the lineage's length
-            runner.train(seg, scaled(t.steps_done, steps_scale))
+            steps = _train(trainer, spec, seg, scaled(t.steps_done, steps_scale))
             if i < len(chain) - 1:
                 state = workdir / f"segment-{i}"
                 state.mkdir()
@@ -174,10 +176,10 @@ def replay(
             last = result.segments[-1]
             seg = ReplaySegment(
                 trial=None, params=dict(last.params), exploit=False, seed=None, original_start=None,
-                original_end=None, start=runner.steps, end=runner.steps, original_objective=None,
+                original_end=None, start=steps, end=steps, original_objective=None,
             )
             t0 = time.perf_counter()
-            runner.train(seg, extra_steps)  # same trainer, same hyperparameters: just longer
+            steps = _train(trainer, spec, seg, extra_steps)  # same trainer, same hyperparameters: just longer
             seg.seconds = time.perf_counter() - t0
             result.segments.append(seg)
             if on_segment:
@@ -186,42 +188,29 @@ def replay(
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             trainer.save(Path(checkpoint_dir))
     finally:
+        close = getattr(trainer, "close", None)
+        if callable(close):
+            close()  # a function trainer's loop ends here
         shutil.rmtree(workdir, ignore_errors=True)
     result.objective = result.segments[-1].objective
-    result.steps = runner.steps
+    result.steps = steps
     result.seconds = time.time() - result.started_at
     return result
 
 
-class _Runner:
-    """Trains like :func:`pbt.tasks.attempt.run_attempt`: same chunks, same intermediate evaluations."""
-
-    def __init__(self, trainer: Any, spec: StudySpec) -> None:
-        self.trainer = trainer
-        self.metric = spec.objective.metric
-        self.chunk = spec.execution.checkpoint_every
-        self.evaluate_every = bool(spec.execution.checkpoint_every and spec.execution.evaluate_every_checkpoint)
-        self.steps = 0  # lineage steps of the replay so far
-
-    def train(self, seg: ReplaySegment, steps: int) -> None:
-        chunk = self.chunk or steps
-        done = 0
-        while done < steps:
-            n = min(chunk - done % chunk, steps - done)
-            self.trainer.train(n)
-            done += n
-            self.steps += n
-            if done < steps and self.evaluate_every and done % chunk == 0:
-                self._evaluate(seg, done)
-        seg.objective = self._evaluate(seg, done)
-        seg.end = self.steps
-
-    def _evaluate(self, seg: ReplaySegment, step: int) -> float:
-        values = {str(k): float(v) for k, v in dict(self.trainer.evaluate()).items()}
-        if self.metric not in values:
-            raise FatalError(f"the trainer's evaluate() returned no {self.metric!r} (got {sorted(values)})")
-        seg.metrics.append({"step": step, "lineage_step": self.steps, "values": values})
-        return values[self.metric]
+def _train(trainer: Any, spec: StudySpec, seg: ReplaySegment, steps: int) -> int:
+    """Train ``steps`` more as a worker would (same chunks, same evaluations) into ``seg``; return its end."""
+    driver = TrainerDriver(
+        trainer,
+        metric=spec.objective.metric,
+        checkpoint_every=spec.execution.checkpoint_every,
+        evaluate_every_checkpoint=spec.execution.evaluate_every_checkpoint,
+        lineage_start=seg.start,
+    )
+    seg.objective = driver.run(steps)
+    seg.metrics = [m.model_dump() for m in driver.metrics]
+    seg.end = driver.lineage_step
+    return seg.end
 
 
 def save_replay(

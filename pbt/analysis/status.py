@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbt.lineage import best_trial
+from pbt.analysis.budget import BudgetUse
+from pbt.lineage import best_trial, pareto_front
 from pbt.spec import StudySpec
+from pbt.study_state import Ending, StudyState, ending, study_state
 from pbt.trial import Trial, TrialStatus
 
 #: Seconds over which the progress rate (and so the ETA) is measured, and a worker counts as seen.
@@ -36,28 +38,22 @@ class Overview:
     algorithm: str
     metric: str
     mode: str
-    state: str  # finished | paused | pausing | running | idle
+    state: StudyState
     trials: int
     counts: dict[str, int]
-    steps_done: int
-    budget_steps: int | None
-    budget_trials: int | None
-    completed: int
+    budget: BudgetUse
     best: Trial | None
     busy: dict[str, Trial] = field(default_factory=dict)  # worker -> the trial it runs
     idle: list[str] = field(default_factory=list)
     steps_per_second: float | None = None
     eta_seconds: float | None = None
+    ending: Ending | None = None  # how the controller's last run ended, once it has
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, mode) of every objective
+    front: list[Trial] = field(default_factory=list)  # the Pareto front, with several objectives
 
     @property
-    def fraction(self) -> float | None:
-        """Share of the budget used (the closer of the two limits when both are set)."""
-        parts = []
-        if self.budget_steps:
-            parts.append(self.steps_done / self.budget_steps)
-        if self.budget_trials:
-            parts.append(self.completed / self.budget_trials)
-        return min(1.0, max(parts)) if parts else None
+    def steps_done(self) -> int:
+        return self.budget.steps_done
 
 
 def overview(
@@ -81,29 +77,19 @@ def overview(
         algorithm=spec.algorithm.name,
         metric=spec.objective.metric,
         mode=spec.objective.mode,
-        state=_state(in_flight, state or {}, control or {}),
+        state=study_state(len(in_flight), state, control),
+        ending=None if in_flight else ending(state),
         trials=len(trials),
         counts=dict(sorted(counts.items())),
-        steps_done=sum(t.steps_done for t in trials),
-        budget_steps=spec.budget.total_steps,
-        budget_trials=spec.budget.max_trials,
-        completed=counts.get("completed", 0),
+        budget=BudgetUse.of(spec.budget, trials),
         best=best_trial(trials, spec.objective),
+        objectives=[(o.metric, o.mode) for o in spec.objectives],
+        front=pareto_front(trials, spec.objectives) if len(spec.objectives) > 1 else [],
         busy=dict(sorted(busy.items())),
         idle=sorted(recent - set(busy)),
     )
     _rates(ov, trials, now, window)
     return ov
-
-
-def _state(in_flight: Sequence[Trial], state: dict[str, Any], control: dict[str, Any]) -> str:
-    if in_flight:
-        return "pausing" if control.get("paused") else "running"
-    if state.get("finished"):
-        return "finished"
-    if state.get("paused") or control.get("paused"):
-        return "paused"
-    return "idle"
 
 
 def _rates(ov: Overview, trials: Sequence[Trial], now: float, window: float) -> None:
@@ -120,14 +106,15 @@ def _rates(ov: Overview, trials: Sequence[Trial], now: float, window: float) -> 
     done = [t for t in trials if t.status.terminal and t.finished_at and t.finished_at >= since]
     if span <= 0 or not done:
         return
-    if ov.state not in ("running", "pausing"):
+    if not ov.state.active:
         return  # a rate measured up to now means nothing for a study that is not running
     steps_rate = sum(t.steps_done for t in done) / span
     trials_rate = sum(1 for t in done if t.status is TrialStatus.COMPLETED) / span
     ov.steps_per_second = steps_rate
     etas = []
-    if ov.budget_steps and steps_rate > 0:
-        etas.append(max(0, ov.budget_steps - ov.steps_done) / steps_rate)
-    if ov.budget_trials and trials_rate > 0:
-        etas.append(max(0, ov.budget_trials - ov.completed) / trials_rate)
+    use = ov.budget
+    if use.total_steps and steps_rate > 0:
+        etas.append(max(0, use.total_steps - use.steps_done) / steps_rate)
+    if use.max_trials and trials_rate > 0:
+        etas.append(max(0, use.max_trials - use.completed) / trials_rate)
     ov.eta_seconds = min(etas) if etas else None

@@ -12,20 +12,26 @@ pause.
 
 from __future__ import annotations
 
-import time
+from typing import Annotated
 
 import typer
 
-from pbt.cli import app
-from pbt.cli.common import EXIT_FAILURE, EXIT_USAGE, cli_errors, console, setup_logging
+from pbt.cli.common import EXIT_FAILURE, cli_errors, console, setup_logging
+from pbt.cli.options import (
+    EmbeddedWorkers,
+    Quiet,
+    StudyStorage,
+    SummaryJson,
+    TensorBoardDir,
+    Verbose,
+    broker_option,
+)
+from pbt.cli.study_commands import drive
 
-_STORAGE_HELP = "the study's storage: a path, file:///abs/path or s3://bucket/prefix"
 
-
-@app.command(rich_help_panel="Pause and resume")
 def stop(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    storage: StudyStorage = "runs",
     wait: bool = typer.Option(
         False, "--wait", help="wait until the controller has finished in-flight trials and exited"
     ),
@@ -36,47 +42,40 @@ def stop(
     Nothing is lost: continue it with `pbt resume STUDY`. Exit status 1 if --wait timed out.
     """
     with cli_errors():
-        from pbt.storage.study_store import open_study
+        from pbt.analysis.study import open_study
+        from pbt.api.specs import request_pause, wait_until_paused
+        from pbt.study_state import StudyState
 
-        store = open_study(storage, study)
-        state = store.read_doc("state") or {}
-        in_flight = sum(1 for t in store.load_trials() if not t.status.terminal)
-        if state.get("finished") and not in_flight:
+        stored = open_study(storage, study)
+        if stored.study_state is StudyState.FINISHED:
             console.print(f"study {study} has already finished; nothing to stop")
             return
-        asked = time.time()
-        store.write_doc("control", {"paused": True, "at": asked, "by": "pbt stop"})
+        asked = request_pause(stored, by="pbt stop")
         console.print(
             f"study {study}: pause requested; the controller publishes nothing new and exits once the "
-            f"{in_flight} trial(s) in flight have finished. Continue with `pbt resume {study} --storage {storage}`."
+            f"{stored.in_flight} trial(s) in flight have finished. "
+            f"Continue with `pbt resume {study} --storage {storage}`."
         )
         if not wait:
             return
-        deadline = asked + timeout
-        while time.time() < deadline:
-            state = store.read_doc("state") or {}
-            if state.get("paused") and float(state.get("at", 0)) >= asked - 5.0:
-                console.print(f"study {study} is paused; no trial in flight")
-                return
-            time.sleep(0.5)
+        if wait_until_paused(stored, asked, timeout):
+            console.print(f"study {study} is paused; no trial in flight")
+            return
         console.print(f"[red]timed out[/red] after {timeout:g}s: is a controller running study {study}?")
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command(rich_help_panel="Pause and resume")
 def resume(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
-    broker: str | None = typer.Option(
-        None, "--broker", "-b", envvar="PBT_BROKER_URL",
-        help="redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
-    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+    storage: StudyStorage = "runs",
+    broker: Annotated[str | None, broker_option(
+        "redis://[:password@]host:port/db of the study's workers (needed if the study ran on Celery)"
+    )] = None,
+    workers: EmbeddedWorkers = None,
+    tensorboard: TensorBoardDir = None,
+    quiet: Quiet = False,
+    json_out: SummaryJson = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Clear a study's pause flag and run its controller again from the stored spec, to the end.
 
@@ -86,22 +85,13 @@ def resume(
     """
     setup_logging(verbose)
     with cli_errors():
-        from pbt.cli.study_commands import drive
+        from pbt.analysis.study import open_study
+        from pbt.api.specs import resume_spec
         from pbt.errors import StudyLockedError
-        from pbt.spec import parse_spec
-        from pbt.storage.study_store import open_study
 
-        store = open_study(storage, study)
-        data = store.read_spec()
-        if data.get("broker") and not broker:
-            console.print(
-                f"[red]error:[/red] study {study} ran on Celery workers ({data['broker']}); the stored spec "
-                "keeps no password: pass --broker or set PBT_BROKER_URL"
-            )
-            raise typer.Exit(EXIT_USAGE)
-        data.update(storage=storage, broker=broker or None)
-        spec = parse_spec(data, source=f"the stored spec of {study}")
-        store.write_doc("control", {"paused": False, "at": time.time(), "by": "pbt resume"})
+        stored = open_study(storage, study)
+        spec = resume_spec(stored, storage, broker, broker_hint="pass --broker or set PBT_BROKER_URL", by="pbt resume",
+                           tensorboard=tensorboard)
         try:
             drive(spec, workers=workers, quiet=quiet, json_out=json_out, how="resumed on")
         except StudyLockedError as exc:

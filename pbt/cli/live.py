@@ -12,8 +12,15 @@ from rich.table import Table
 from rich.text import Text
 
 from pbt.analysis.status import Overview
+from pbt.study_state import StudyState
 
-_STATE_STYLE = {"finished": "green", "paused": "yellow", "pausing": "yellow", "running": "cyan", "idle": "dim"}
+_STATE_STYLE = {
+    StudyState.FINISHED: "green",
+    StudyState.PAUSED: "yellow",
+    StudyState.PAUSING: "yellow",
+    StudyState.RUNNING: "cyan",
+    StudyState.IDLE: "dim",
+}
 
 
 def duration(seconds: float) -> str:
@@ -31,17 +38,14 @@ def render(ov: Overview) -> RenderableType:
     """The overview as a rich renderable: header, budget bar, trials, best, workers."""
     head = Text.assemble(
         ("study ", ""), (ov.study, "bold"), (f" ({ov.algorithm}) — ", ""),
-        (ov.state, _STATE_STYLE.get(ov.state, "")),
+        (ov.state.value, _STATE_STYLE[ov.state]),
     )
     lines: list[RenderableType] = [head]
-    frac = ov.fraction
-    budget = []
-    if ov.budget_steps:
-        budget.append(f"{ov.steps_done:,} / {ov.budget_steps:,} steps")
-    else:
-        budget.append(f"{ov.steps_done:,} steps")
-    if ov.budget_trials:
-        budget.append(f"{ov.completed} / {ov.budget_trials} trials")
+    if ov.ending is not None:
+        style = {"succeeded": "green", "failed": "red"}.get(ov.ending.outcome.value, "yellow")
+        lines.append(Text.assemble(("ended ", ""), (ov.ending.summary(), style)))
+    frac = ov.budget.fraction
+    budget = ov.budget.parts()
     if frac is not None:
         budget.append(f"{100 * frac:.0f}%")
     if ov.steps_per_second is not None:
@@ -62,6 +66,8 @@ def render(ov: Overview) -> RenderableType:
         ))
     else:
         lines.append(Text(f"best {ov.metric}: none yet"))
+    if ov.front:
+        lines.append(_front(ov))
     workers = Table(title=f"workers: {len(ov.busy)} busy, {len(ov.idle)} idle", title_justify="left", box=None,
                     padding=(0, 2), show_edge=False)
     for col in ("worker", "state", "trial", "step", "hyperparameters"):
@@ -77,12 +83,30 @@ def render(ov: Overview) -> RenderableType:
     return Group(*lines)
 
 
+def _front(ov: Overview) -> RenderableType:
+    """The Pareto front, one row per trial, each objective's value."""
+    table = Table(title=f"Pareto front: {len(ov.front)} trial(s) no other beats in every objective",
+                  title_justify="left", box=None, padding=(0, 2), show_edge=False)
+    table.add_column("trial")
+    for metric, mode in ov.objectives:
+        table.add_column(f"{metric} ({mode})", justify="right")
+    table.add_column("hyperparameters")
+    shown = ov.front if len(ov.front) <= 12 else ov.front[:12]
+    for t in shown:
+        last = t.metrics[-1].values if t.metrics else {}
+        cells = [f"{last[m]:.6g}" if m in last else "—" for m, _ in ov.objectives]
+        table.add_row(t.id, *cells, _params(t.params))
+    if len(ov.front) > len(shown):
+        table.add_row(f"… {len(ov.front) - len(shown)} more", *["" for _ in ov.objectives], "")
+    return table
+
+
 def watch(load: Callable[[], Overview], interval: float, console) -> Overview:
     """Refresh until the study is finished or paused (or Ctrl-C); return the last overview."""
     ov = load()
     with Live(render(ov), console=console, refresh_per_second=4, transient=False) as live:
         try:
-            while ov.state not in ("finished", "paused"):
+            while not ov.state.settled:
                 time.sleep(interval)
                 ov = load()
                 live.update(render(ov))

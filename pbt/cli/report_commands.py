@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import yaml
 from rich.table import Table
 
-from pbt.cli import app
 from pbt.cli.common import EXIT_USAGE, cli_errors, console, out, setup_logging
+from pbt.cli.options import StudyStorage, Verbose, json_option
 
-_STORAGE_HELP = "the study's storage: a path, file:///abs/path or s3://bucket/prefix"
 
-
-@app.command(rich_help_panel="Results")
 def report(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    storage: StudyStorage = "runs",
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", file_okay=False, help="output folder (default: reports/STUDY); files in it are replaced"
     ),
@@ -29,7 +27,7 @@ def report(
     """
     with cli_errors():
         from pbt.analysis.report import report_study
-        from pbt.storage.keys import validate_name
+        from pbt.names import validate_name
 
         target = out_dir or Path("reports", validate_name(study, "study name"))
         rep = report_study(study, storage, target)
@@ -39,11 +37,10 @@ def report(
         out.print(str(rep.html.resolve()), highlight=False, soft_wrap=True)
 
 
-@app.command(rich_help_panel="Results")
 def replay(
     study: str = typer.Argument(..., help="study name"),
     trial: str | None = typer.Option(None, "--trial", "-t", help="trial id to replay (default: the best trial)"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help=_STORAGE_HELP),
+    storage: StudyStorage = "runs",
     steps_scale: float | None = typer.Option(
         None, "--steps-scale", min=0.0, help="train every segment X times as many steps (e.g. 2 for a longer run)"
     ),
@@ -58,8 +55,8 @@ def replay(
         help="write replay.json (and checkpoint/) here instead of STUDY/replays/ in the storage",
     ),
     save_checkpoint: bool = typer.Option(False, "--save-checkpoint", help="also keep the replayed model's state"),
-    json_out: bool = typer.Option(False, "--json", help="print the replay record as JSON on stdout"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+    json_out: Annotated[bool, json_option("print the replay record as JSON on stdout")] = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Re-run a trial's whole hyperparameter schedule from scratch in this process; compare objectives.
 
@@ -88,9 +85,10 @@ def replay(
 
         from pbt.analysis.replay import ReplaySegment, save_replay
         from pbt.analysis.replay import replay as run_replay
-        from pbt.analysis.report import load_study
+        from pbt.analysis.study import open_study
 
-        spec, trials, _ = load_study(study, storage)
+        stored = open_study(storage, study)
+        spec = stored.spec
 
         def show(seg: ReplaySegment) -> None:
             if not json_out:
@@ -102,7 +100,7 @@ def replay(
         with tempfile.TemporaryDirectory(prefix="pbt-replay-ckpt-") as tmp:
             ckpt = Path(tmp) / "checkpoint" if save_checkpoint else None
             result = run_replay(
-                spec, trials, trial, steps_scale=steps_scale or 1.0, extra_steps=extra_steps or 0,
+                spec, stored.trials, trial, steps_scale=steps_scale or 1.0, extra_steps=extra_steps or 0,
                 trainer_config=config, checkpoint_dir=ckpt, on_segment=show,
             )
             save_replay(result, storage, out_dir, ckpt)

@@ -4,179 +4,195 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pbt.cli import app
-from pbt.cli.common import EXIT_FAILURE, cli_errors, console, out, setup_logging
+from pbt.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_PAUSED, cli_errors, console, out, setup_logging
+from pbt.cli.options import (
+    EmbeddedWorkers,
+    Quiet,
+    SummaryJson,
+    TensorBoardDir,
+    Verbose,
+    broker_option,
+    json_option,
+    storage_option,
+)
+from pbt.cli.progress import progress_view
 
 
-@app.command()
 def run(
     study_file: Path = typer.Argument(..., help="study YAML file", exists=False, dir_okay=False),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        "-s",
-        envvar="PBT_STORAGE",
-        help="where checkpoints and records go: a path, file:///abs/path or s3://bucket/prefix (overrides the file)",
-    ),
-    broker: str | None = typer.Option(
-        None,
-        "--broker",
-        "-b",
-        envvar="PBT_BROKER_URL",
-        help="redis://[:password@]host:port/db of Celery workers; without it trials run on this machine",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", min=1, help="embedded worker processes (default: number of CPU cores)"
-    ),
+    storage: Annotated[str | None, storage_option(
+        "where checkpoints and records go: a path, file:///abs/path or s3://bucket/prefix (overrides the file)"
+    )] = None,
+    broker: Annotated[str | None, broker_option(
+        "redis://[:password@]host:port/db of Celery workers; without it trials run on this machine"
+    )] = None,
+    workers: EmbeddedWorkers = None,
     seed: int | None = typer.Option(None, "--seed", help="overrides the file's seed"),
     name: str | None = typer.Option(None, "--name", help="overrides the study name (a new study)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
-    json_out: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="log more (-vv for debug)"),
+    tensorboard: TensorBoardDir = None,
+    quiet: Quiet = False,
+    json_out: SummaryJson = False,
+    verbose: Verbose = 0,
 ) -> None:
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
     with cli_errors():
-        from pbt.spec import load_spec
+        from pbt.api import study_spec
 
-        spec = load_spec(study_file, {"storage": storage, "broker": broker, "seed": seed, "name": name})
-        drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on")
+        spec = study_spec(study_file, storage=storage, broker=broker, seed=seed, name=name, tensorboard=tensorboard)
+        drive(spec, workers=workers, quiet=quiet, json_out=json_out, how=f"{spec.algorithm.name} on",
+              source=str(study_file))
 
 
-def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str) -> None:
-    """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike."""
+def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str, source: str | None = None) -> None:
+    """Run a study with a progress view, then print its outcome: `pbt run` and `pbt resume` alike.
+
+    Exits with the study's status (README, "Exit status"): 0 with a best trial, 1 when it failed,
+    4 when paused.
+    """
     from pbt.launch import run_study
-    from pbt.spec import redact_url
+    from pbt.study_state import Outcome
+    from pbt.urls import redact_url
 
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
     console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
-    progress = _ProgressView(spec) if not quiet and not json_out and console.is_terminal else None
+    if spec.execution.tensorboard:
+        console.print(f"TensorBoard events go to {spec.execution.tensorboard}/{spec.name} "
+                      f"(tensorboard --logdir {spec.execution.tensorboard})", highlight=False)
+    finished_before = _finished_trials(spec)
+    progress = progress_view(spec, console, quiet=quiet or json_out)
     try:
         snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
     finally:
         if progress:
             progress.stop()
-    if snapshot.paused:
+    code = {Outcome.SUCCEEDED: EXIT_OK, Outcome.PAUSED: EXIT_PAUSED}.get(snapshot.outcome, EXIT_FAILURE)
+    if finished_before is not None and snapshot.trials == finished_before:
+        _print_already_finished(spec, source)
+    if json_out:
+        _print_json_outcome(spec, snapshot, code)
+    elif snapshot.outcome is Outcome.PAUSED:
         resume = f"pbt resume {spec.name} --storage {spec.storage}"
         console.print(f"study {spec.name} paused; continue it with `{resume}`")
-        return
-    _print_outcome(spec, json_out)
-    if not snapshot.finished:
-        raise typer.Exit(EXIT_FAILURE)
+    elif snapshot.outcome is Outcome.SUCCEEDED:
+        _print_outcome(spec)
+    elif snapshot.outcome is Outcome.FAILED:
+        _print_failure(spec, snapshot)
+    else:
+        console.print(f"study {spec.name} stopped before it ended; run the same command to continue")
+    if code != EXIT_OK:
+        raise typer.Exit(code)
 
 
-@app.command()
+def _finished_trials(spec) -> int | None:
+    """How many trials a study had if its last run finished it (None: new, paused, or cut short)."""
+    from pbt.storage import open_object_store
+    from pbt.storage.study_store import StudyStore
+
+    store = StudyStore(open_object_store(spec.storage), spec.name)
+    state = store.read_doc("state") if store.exists() else None
+    if not state or not state.get("finished"):
+        return None
+    return len(store.load_trials())
+
+
+def _print_already_finished(spec, source: str | None) -> None:
+    """A finished study run again with nothing new to do: say so, and how to get more out of it."""
+    from pbt.analysis.study import open_study
+    from pbt.study_state import ending
+
+    end = ending(open_study(spec.storage, spec.name).state)
+    why = f" ({end.reason.text})" if end else ""
+    where = f"in {source} " if source else "in the study file "
+    console.print(
+        f"study {spec.name} had already finished{why}; nothing new ran and the result below is the one "
+        f"recorded. To train it further, raise budget.total_steps or budget.max_trials {where}and run "
+        f"`pbt run` again (budget and execution may change between runs, the rest may not); for a new "
+        f"study, pass --name NEW or another --storage.",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _print_failure(spec, snapshot) -> None:
+    """Why the study failed: the reason, the trial's error with its traceback, what to do next."""
+    console.print(f"[red]study {spec.name} failed:[/red] {snapshot.message}", highlight=False)
+    if snapshot.error and snapshot.error.strip() != (snapshot.message or "").strip():
+        console.print(snapshot.error.rstrip(), markup=False, highlight=False)
+    console.print(f"({snapshot.reason.text}; `pbt status {spec.name} --storage {spec.storage}` shows every trial)",
+                  highlight=False)
+
+
+def _print_json_outcome(spec, snapshot, code: int) -> None:
+    from pbt.analysis.study import open_study
+    from pbt.lineage import trial_json
+
+    stored = open_study(spec.storage, spec.name)
+    best = stored.best
+    print(json.dumps({
+        "study": spec.name, "storage": spec.storage,
+        "outcome": str(snapshot.outcome) if snapshot.outcome else None,
+        "reason": str(snapshot.reason) if snapshot.reason else None,
+        "message": snapshot.message, "exit_code": code,
+        "best": trial_json(best) if best else None, "trials": len(stored.trials),
+    }))
+
+
 def status(
     study: str = typer.Argument(..., help="study name"),
-    storage: str = typer.Option("runs", "--storage", "-s", envvar="PBT_STORAGE", help="the study's storage URI"),
-    json_out: bool = typer.Option(False, "--json", help="one JSON object: study spec, trials, best"),
+    storage: Annotated[str, storage_option("the study's storage URI")] = "runs",
+    json_out: Annotated[bool, json_option("one JSON object: study spec, trials, best")] = False,
     watch: bool = typer.Option(False, "--watch", "-w", help="refresh live until the study finishes or pauses"),
     interval: float = typer.Option(2.0, "--interval", "-n", min=0.1, help="seconds between refreshes with --watch"),
 ) -> None:
     """Show a study: progress and ETA, workers busy/idle, best so far, top trials (works while it runs)."""
     with cli_errors():
-        if json_out:
-            print(json.dumps(_load(study, storage)))
-            return
         from pbt.analysis.status import overview
+        from pbt.api import load_study
         from pbt.cli import live
-        from pbt.lineage import trial_json
-        from pbt.spec import parse_spec
-        from pbt.storage.study_store import open_study
 
-        store = open_study(storage, study)
-        spec = parse_spec(store.read_spec(), check_trainer=False)
-        latest: dict = {}
+        loaded = load_study(study, storage)
+        stored = loaded.stored
+        if json_out:
+            print(json.dumps(loaded.to_json()))
+            return
 
         def load():
-            latest["trials"] = store.load_trials()
-            return overview(spec, latest["trials"], store.read_doc("state"), store.read_doc("control"))
+            nonlocal stored
+            stored = stored.reread()
+            return overview(stored.spec, stored.trials, stored.state, stored.control)
 
         if watch and out.is_terminal:
             live.watch(load, interval, out)
         else:
-            out.print(live.render(load()))
-        _print_table(spec, {"trials": [trial_json(t) for t in latest["trials"]]}, header=False)
+            out.print(live.render(overview(stored.spec, stored.trials, stored.state, stored.control)))
+        _print_top(stored.spec, stored.trials)
 
 
-def _load(study: str, storage: str) -> dict:
-    from pbt.lineage import best_trial, trial_json
-    from pbt.spec import parse_spec
-    from pbt.storage.study_store import open_study
-
-    store = open_study(storage, study)
-    spec_doc = store.read_spec()
-    trials = store.load_trials()
-    spec = parse_spec(spec_doc, check_trainer=False)
-    best = best_trial(trials, spec.objective)
-    return {
-        "study": spec_doc,
-        "trials": [trial_json(t) for t in trials],
-        "best": trial_json(best) if best else None,
-        "state": store.read_doc("state"),
-    }
-
-
-class _ProgressView:
-    def __init__(self, spec) -> None:
-        self.spec = spec
-        self.by_steps = spec.budget.total_steps is not None
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        total = spec.budget.total_steps or spec.budget.max_trials
-        self.task = self.progress.add_task("steps" if self.by_steps else "trials", total=total, info="")
-        self.progress.start()
-
-    def update(self, snap) -> None:
-        done = snap.steps_done if self.by_steps else snap.by_status.get("completed", 0)
-        best = "—" if snap.best is None else f"{snap.best.objective:.6g} ({snap.best.id})"
-        ended = sum(snap.by_status.get(s, 0) for s in ("completed", "failed", "stopped"))
-        failed = snap.by_status.get("failed", 0)
-        info = f"trials {ended} done, {snap.in_flight} running" + (f", {failed} failed" if failed else "")
-        self.progress.update(self.task, completed=done, info=f"{info} | best {self.spec.objective.metric} {best}")
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
-def _print_outcome(spec, json_out: bool) -> None:
+def _print_outcome(spec) -> None:
+    from pbt.analysis.study import open_study
     from pbt.lineage import lineage, schedule
 
-    data = _load(spec.name, spec.storage)
-    best = data["best"]
-    if json_out:
-        print(json.dumps({"study": spec.name, "storage": spec.storage, "best": best, "trials": len(data["trials"])}))
-        return
-    if best is None:
-        console.print("[red]no trial completed[/red]; see `pbt status` for the failures")
-        return
-    from pbt.trial import Trial
-
-    trials = [Trial.model_validate(t) for t in data["trials"]]
-    best_t = next(t for t in trials if t.id == best["id"])
-    console.print(
-        f"\nbest trial [bold]{best_t.id}[/bold] {spec.objective.metric} = [bold green]{best_t.objective:.6g}"
-        f"[/bold green] after {best_t.lineage_steps} steps along its lineage (generation {best_t.generation})"
+    stored = open_study(spec.storage, spec.name)
+    best = stored.best
+    if out.is_terminal:
+        out.print()
+    out.print(
+        f"best trial [bold]{best.id}[/bold] {spec.objective.metric} = [bold green]{best.objective:.6g}"
+        f"[/bold green] after {best.lineage_steps} steps along its lineage (generation {best.generation})"
     )
-    table = Table(title="hyperparameter schedule of the best lineage", title_justify="left")
+    # The title on its own line: a table's title wraps at the table's width.
+    out.print("hyperparameter schedule of the best lineage:", style="italic")
+    table = Table()
     table.add_column("steps")
     table.add_column("trial")
     for name in spec.parameters:
         table.add_column(name, justify="right")
-    rows = schedule(lineage(trials, best_t))
+    rows = schedule(lineage(stored.trials, best))
     shown = rows if len(rows) <= 24 else [*rows[:10], None, *rows[-10:]]
     for seg in shown:
         if seg is None:
@@ -184,31 +200,24 @@ def _print_outcome(spec, json_out: bool) -> None:
             continue
         cells = [_fmt(seg.params.get(n)) for n in spec.parameters]
         table.add_row(f"{seg.start}–{seg.end}", seg.trial + (" ⇐" if seg.exploit else ""), *cells)
-    console.print(table)
-    console.print("⇐ = copied another member's weights (exploit) before this segment")
-    console.print(f"results: {spec.storage}/{spec.name}   (pbt status {spec.name} --storage {spec.storage})")
+    out.print(table)
+    if any(seg.exploit for seg in rows):
+        out.print("⇐ = copied another member's weights (exploit) before this segment")
+    flag = f" --storage {spec.storage}"
+    out.print(f"results: {spec.storage}/{spec.name}\nnext: pbt status {spec.name}{flag} · pbt report {spec.name}{flag}"
+              f" · pbt replay {spec.name}{flag}", highlight=False, soft_wrap=True)
 
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _print_table(spec, data: dict, header: bool = True) -> None:
-    trials = data["trials"]
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    state = data.get("state") or {}
-    if header:
-        console.print(
-            f"study [bold]{spec.name}[/bold] ({spec.algorithm.name}): {len(trials)} trials "
-            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-            + (" — finished" if state.get("finished") else "")
-        )
+def _print_top(spec, trials) -> None:
+    """The ten trials with the best recorded objective, then the first failures' errors."""
     metric = spec.objective.metric
     ranked = sorted(
-        (t for t in trials if t["objective"] is not None),
-        key=lambda t: t["objective"],
+        (t for t in trials if t.objective is not None),
+        key=lambda t: t.objective,
         reverse=spec.objective.mode == "max",
     )[:10]
     table = Table(title=f"top trials by {metric} ({spec.objective.mode})", title_justify="left")
@@ -216,17 +225,15 @@ def _print_table(spec, data: dict, header: bool = True) -> None:
         table.add_column(col)
     for t in ranked:
         table.add_row(
-            t["id"],
-            f"{t['objective']:.6g}",
-            str(t["member"]),
-            str(t["generation"]),
-            str(t["lineage_steps"]),
-            str(t["parent"]),
-            *[_fmt(t["params"].get(n)) for n in spec.parameters],
+            t.id,
+            f"{t.objective:.6g}",
+            str(t.member),
+            str(t.generation),
+            str(t.lineage_steps),
+            str(t.parent),
+            *[_fmt(t.params.get(n)) for n in spec.parameters],
         )
     out.print(table)
-    failed = [t for t in trials if t["status"] == "failed"][:5]
+    failed = [t for t in trials if t.status.value == "failed"][:5]
     for t in failed:
-        console.print(
-            f"[red]{t['id']} failed[/red]: {(t['error'] or '').strip().splitlines()[0] if t['error'] else ''}"
-        )
+        console.print(f"[red]{t.id} failed[/red]: {t.error.strip().splitlines()[0] if t.error else ''}")

@@ -12,11 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Annotated
 
 import typer
 
-from pbt.cli import app
 from pbt.cli.common import EXIT_USAGE, console
+from pbt.cli.options import broker_option
 
 
 def celery_argv(queues: str, concurrency: int, hostname: str, loglevel: str, pool: str) -> list[str]:
@@ -26,11 +27,8 @@ def celery_argv(queues: str, concurrency: int, hostname: str, loglevel: str, poo
     ]
 
 
-@app.command()
 def worker(
-    broker: str | None = typer.Option(
-        None, "--broker", "-b", envvar="PBT_BROKER_URL", help="redis://[:password@]host:port/db (or rediss://)"
-    ),
+    broker: Annotated[str | None, broker_option("redis://[:password@]host:port/db (or rediss://)")] = None,
     queues: str = typer.Option("pbt.trials", "--queues", "-Q", help="comma-separated queues to consume"),
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="trials at once per process (1 per GPU)"),
     gpus: str | None = typer.Option(

@@ -3,7 +3,8 @@
 PBT is an evolutionary algorithm whose individuals are trials. The generalized framework
 splits it into parts that can be swapped independently:
 
-* **fitness** — how good a trial is (the objective, or a weighted sum of several metrics);
+* **fitness** — how good a trial is: the objective, a weighted sum of several metrics, or, with
+  several objectives, Pareto dominance (NSGA-II's non-domination rank, then crowding distance);
 * **selection** — given an *initiator* (a member whose trial just ended), which trial it
   copies: binary tournament against an opponent from the last generations (the paper's
   default), or truncation (bottom fraction copies the top fraction, as in Jaderberg et al.);
@@ -17,25 +18,52 @@ All parts are deterministic given the ``numpy`` generator they are handed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from pbt.controller.view import TrialView
+from pbt.lineage import objective_point
+from pbt.pareto import nsga2_keys
 from pbt.space import SearchSpace, Value
+from pbt.spec import Objective
 from pbt.trial import Trial
 
-Fitness = Callable[[Trial], float]
+
+class Fitness(Protocol):
+    """How selection compares trials (usable ones only)."""
+
+    def order(self, trials: Sequence[Trial]) -> list[Trial]:
+        """``trials`` best first; equally good ones by trial number."""
+
+    def beats(self, a: Trial, b: Trial, pool: Callable[[], Sequence[Trial]]) -> bool:
+        """Whether ``a`` is strictly better than ``b``, judged among ``pool()`` where that matters."""
 
 
-def objective_fitness(sign: float) -> Fitness:
+@dataclass(frozen=True)
+class ScalarFitness:
+    """A number per trial, larger is better: the objective or a weighted sum."""
+
+    value: Callable[[Trial], float]
+
+    def __call__(self, trial: Trial) -> float:
+        return self.value(trial)
+
+    def order(self, trials: Sequence[Trial]) -> list[Trial]:
+        return sorted(trials, key=lambda t: (-self.value(t), t.number))
+
+    def beats(self, a: Trial, b: Trial, pool: Callable[[], Sequence[Trial]]) -> bool:
+        return self.value(a) > self.value(b)
+
+
+def objective_fitness(sign: float) -> ScalarFitness:
     """Fitness from the trial's objective; ``sign`` = -1 when the objective is minimised."""
-    return lambda trial: sign * float(trial.objective)  # type: ignore[arg-type]
+    return ScalarFitness(lambda trial: sign * float(trial.objective))  # type: ignore[arg-type]
 
 
-def weighted_fitness(weights: dict[str, float]) -> Fitness:
+def weighted_fitness(weights: dict[str, float]) -> ScalarFitness:
     """Σ weight × metric over the trial's last evaluation; a missing metric makes it −∞."""
 
     def fitness(trial: Trial) -> float:
@@ -48,7 +76,35 @@ def weighted_fitness(weights: dict[str, float]) -> Fitness:
             total += weight * value
         return total
 
-    return fitness
+    return ScalarFitness(fitness)
+
+
+@dataclass(frozen=True)
+class ParetoFitness:
+    """Several objectives at once: NSGA-II order (non-domination rank, then crowding distance).
+
+    A trial's point is its final evaluation's value of each objective, signed so that larger is
+    better; a missing or non-finite value is the worst. In a tournament the two trials are ranked
+    among the initiator's window (``pool``), so a trial that dominates the other always wins,
+    and between two of one front the one in the less crowded region does.
+    """
+
+    objectives: tuple[Objective, ...]
+
+    def _keys(self, trials: Sequence[Trial]) -> dict[int, tuple[int, float, int]]:
+        points = np.array([objective_point(t, self.objectives) for t in trials], dtype=float)
+        ranks, crowding = nsga2_keys(points.reshape(len(trials), len(self.objectives)))
+        return {t.number: (int(r), -float(c), t.number) for t, r, c in zip(trials, ranks, crowding)}
+
+    def order(self, trials: Sequence[Trial]) -> list[Trial]:
+        keys = self._keys(trials)
+        return sorted(trials, key=lambda t: keys[t.number])
+
+    def beats(self, a: Trial, b: Trial, pool: Callable[[], Sequence[Trial]]) -> bool:
+        members = {t.number: t for t in pool()}
+        members.update({a.number: a, b.number: b})
+        keys = self._keys(list(members.values()))
+        return keys[a.number][:2] < keys[b.number][:2]
 
 
 @dataclass(frozen=True)
@@ -64,10 +120,13 @@ class Population:
 
     def best_usable(self) -> Trial | None:
         usable = list(self.view.all_parent_candidates())
-        return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
+        return self.fitness.order(usable)[0] if usable else None
 
 
 class Selection(Protocol):
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        """Whether the initiator can be decided now (else its member waits)."""
+
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
         """The trial the initiator's member should copy, or None to continue from its own."""
 
@@ -85,6 +144,9 @@ class Tournament:
 
     generations: int = 2
 
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        return True  # asynchronous: a member never waits for the others
+
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
         view, low, high = population.view, initiator.generation - self.generations + 1, initiator.generation
         # Draw uniformly among the window's parent candidates other than the initiator, without
@@ -98,7 +160,7 @@ class Tournament:
         if own is not None and index >= own:
             index += 1
         opponent = view.parent_at(low, high, index)
-        if not initiator.usable or population.fitness(opponent) > population.fitness(initiator):
+        if not initiator.usable or population.fitness.beats(opponent, initiator, lambda: view.usable_in(low, high)):
             return opponent
         return None
 
@@ -110,18 +172,47 @@ class Tournament:
         return {t.id for t in population.view.usable_in(oldest, newest)}
 
 
-@dataclass(frozen=True)
 class Truncation:
-    """Rank members by their latest usable trial; the bottom ``fraction`` copies the top one."""
+    """Truncation selection at equal training progress (Jaderberg et al. 2017, section 3.1).
 
-    fraction: float = 0.2
+    A member whose trial of generation ``g`` has ended is decided once every member has started
+    and no member's trial of generation ``g`` or less is still running. Then the members are
+    ranked by their latest usable trial of generation ``g`` or less — like with like, whatever
+    the parallelism and whatever order results arrive in — and a member in the bottom
+    ``fraction`` (rounded, at least one) copies a random member of the top ``fraction``; the
+    others keep training. A failed initiator always copies. So about ``fraction`` of the
+    decisions are exploits, at parallelism 2 as at parallelism = population size; the price is
+    that a member waits for the slowest member of its generation (tournament never waits).
+    """
 
-    def _ranked(self, population: Population) -> list[Trial]:
-        latest = [t for t in population.latest.values() if t.usable]
-        return sorted(latest, key=lambda t: (-population.fitness(t), t.number))
+    def __init__(self, fraction: float = 0.2, population_size: int = 2) -> None:
+        self.fraction = fraction
+        self.population_size = population_size
+        self._memo: dict[tuple[int, int, int], list[Trial]] = {}
+
+    def ready(self, initiator: Trial, population: Population) -> bool:
+        return (len(population.latest) >= self.population_size
+                and population.view.running_up_to(initiator.generation) == 0)
+
+    def _ranked(self, population: Population, generation: int) -> list[Trial]:
+        """Each member's latest usable trial of at most ``generation``, best first.
+
+        Once a generation is ready nothing of it changes, so the ranking is computed once per
+        generation (keyed by how many member trials of at most that generation exist).
+        """
+        view = population.view
+        key = (id(view), generation, view.trials_up_to(generation))
+        ranked = self._memo.get(key)
+        if ranked is None:
+            latest = [t for m in population.latest if (t := _latest_usable(view.member_trials(m), generation))]
+            ranked = population.fitness.order(latest)
+            if len(self._memo) > 8:
+                self._memo.clear()
+            self._memo[key] = ranked
+        return ranked
 
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
-        ranked = self._ranked(population)
+        ranked = self._ranked(population, initiator.generation)
         cut = max(1, round(len(ranked) * self.fraction))
         bottom = {t.id for t in ranked[-cut:]}
         if initiator.usable and (len(ranked) < 2 or initiator.id not in bottom):
@@ -130,7 +221,25 @@ class Truncation:
         return top[int(rng.integers(len(top)))] if top else None
 
     def window(self, population: Population) -> set[str]:
-        return {t.id for t in self._ranked(population)}
+        """Every trial a ranking of a generation still to be decided may put on top."""
+        if not population.latest:
+            return set()
+        oldest = min(t.generation for t in population.latest.values())
+        keep: set[str] = set()
+        for member in population.latest:
+            for t in reversed(population.view.member_trials(member)):
+                if t.usable:
+                    keep.add(t.id)
+                    if t.generation <= oldest:
+                        break
+        return keep
+
+
+def _latest_usable(history: Sequence[Trial], generation: int) -> Trial | None:
+    for t in reversed(history):
+        if t.generation <= generation and t.usable:
+            return t
+    return None
 
 
 @dataclass(frozen=True)
@@ -144,7 +253,9 @@ class Reproduction:
     def explore(self, params: dict[str, Value], rng: np.random.Generator) -> dict[str, Value]:
         child: dict[str, Value] = {}
         for name, param in self.space.items():
-            if name not in params or rng.random() < self.resample_probability:
+            if name in params and not param.mutable:
+                child[name] = params[name]  # an architecture choice: the child loads the parent's weights
+            elif name not in params or rng.random() < self.resample_probability:
                 child[name] = param.sample(rng)
             else:
                 child[name] = param.perturb(params[name], rng, self.factors)

@@ -6,18 +6,23 @@ to be applied, not the best, and not an ancestor of any of those. Keeping the an
 makes the final best trial's lineage complete (for inspection and continued training) and lets
 a corrupt checkpoint fall back to its parent's; in PBT lineages coalesce, so it is a thin trunk.
 
-Deciding is cheap and happens on the controller thread; deleting is I/O (one unlink or S3 call
-per object) and happens on a background thread so a tick never waits on it.
+Deciding is cheap and happens on the controller thread (:class:`GarbageCollector`); deleting
+is I/O (one unlink or S3 call per object) and happens on a background thread
+(:class:`CheckpointCollector`) so a tick never waits on it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pbt.controller.ledger import Ledger
+from pbt.lineage import ancestry
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import trial_prefix
+from pbt.trial import Trial, TrialStatus
 
 log = logging.getLogger("pbt.gc")
 
@@ -62,3 +67,62 @@ class CheckpointCollector:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+class GarbageCollector:
+    """Decides which completed trials' checkpoints to delete, every ``interval`` seconds.
+
+    ``roots()`` gives the trials a future trial may still descend from: the policy's parent
+    candidates, what is running or not yet applied, and the best. Their whole ancestry stays
+    too: any future best descends from a root, so its lineage stays complete (replay,
+    inspection), and a corrupt checkpoint can fall back to its parent's. In PBT lineages
+    coalesce, so the ancestry adds a thin trunk, not a tree.
+    """
+
+    def __init__(
+        self,
+        collector: CheckpointCollector,
+        ledger: Ledger,
+        roots: Callable[[], set[str]],
+        clock: Callable[[], float],
+        *,
+        interval: float = 5.0,
+        enabled: bool = True,
+    ) -> None:
+        self.collector = collector
+        self.ledger = ledger
+        self.roots = roots
+        self.clock = clock
+        self.interval = interval
+        self.enabled = enabled
+        self.candidates: set[str] = set()  # completed trials whose checkpoints still exist
+        self.bytes_freed = 0
+        self.last = 0.0
+
+    def track(self, trial: Trial) -> None:
+        """A trial ended: its checkpoint may become garbage later."""
+        if trial.status is TrialStatus.COMPLETED and trial.checkpoint and not trial.checkpoint_deleted:
+            self.candidates.add(trial.id)
+
+    def collect(self, final: bool = False) -> None:
+        """Record finished deletions; every ``interval`` (and at the end) start new ones."""
+        self._record_freed()
+        now = self.clock()
+        if not self.enabled or (not final and now - self.last < self.interval):
+            return
+        self.last = now
+        keep = ancestry(self.roots(), self.ledger.get)
+        self.collector.delete(sorted(self.candidates - keep))
+        if final:
+            self._record_freed(wait=True)
+
+    def _record_freed(self, wait: bool = False) -> None:
+        for freed in self.collector.done(wait=wait):
+            trial = self.ledger.get(freed.trial_id)
+            if trial is not None:
+                self.ledger.update(trial, checkpoint_deleted=True)
+            self.bytes_freed += freed.bytes
+            self.candidates.discard(freed.trial_id)
+
+    def close(self) -> None:
+        self.collector.close()

@@ -8,12 +8,19 @@ never import Celery, Redis or boto3; they can be unit-tested with a list of reco
 
 Each policy declares an ``Options`` model: the study file's ``algorithm.options`` are
 validated against it before anything runs.
+
+**Errors.** A policy that cannot answer *now* (it waits for a result, a model fit failed this
+time) raises :class:`~pbt.errors.TemporaryPolicyError`: the controller logs it and asks again
+at the next tick. A policy that finds the study cannot go on raises
+:class:`~pbt.errors.StudyFailedError`: the controller ends the study with its message and a
+non-zero exit. Any other exception is a bug in the policy and ends the controller.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -21,11 +28,59 @@ from pydantic import BaseModel, ConfigDict
 
 from pbt.controller.view import TrialView
 from pbt.spec import StudySpec
-from pbt.trial import Suggestion, Trial
+from pbt.trial import Suggestion, Trial, TrialStatus
+
+
+@dataclass(frozen=True)
+class EarlyStopDecision:
+    """Stop running trial ``trial_id`` now, because of ``reason`` (shown in records and reports).
+
+    ``step``: the trial's step at the evaluation the decision was made on, when known; the
+    trial is charged the steps up to there.
+    """
+
+    trial_id: str
+    reason: str
+    step: int | None = None
+
+
+def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDecision]:
+    """Normalise ``early_stop``'s answer: policies written before decisions carried a reason
+    return bare trial ids."""
+    return [i if isinstance(i, EarlyStopDecision) else EarlyStopDecision(i, "stopped early by the policy")
+            for i in items]
 
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Room:
+    """The budget left for one ``suggest`` call, in O(1) per check.
+
+    ``budget.max_trials`` counts every trial created, failed and stopped ones included;
+    ``budget.total_steps`` counts the steps trials hold (:func:`~pbt.controller.view.committed`).
+    """
+
+    def __init__(self, max_trials: int | None, total_steps: int | None, trials: int, steps: int) -> None:
+        self.trials_left = None if max_trials is None else max_trials - trials
+        self.steps_left = None if total_steps is None else total_steps - steps
+
+    def fits(self, steps: int) -> bool:
+        """Whether one more trial of ``steps`` steps fits."""
+        return (self.trials_left is None or self.trials_left > 0) and (
+            self.steps_left is None or steps <= self.steps_left
+        )
+
+    def take(self, steps: int) -> bool:
+        """Reserve one trial of ``steps`` steps if it fits; whether it did."""
+        if not self.fits(steps):
+            return False
+        if self.trials_left is not None:
+            self.trials_left -= 1
+        if self.steps_left is not None:
+            self.steps_left -= steps
+        return True
 
 
 class Policy(ABC):
@@ -44,9 +99,41 @@ class Policy(ABC):
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""
 
-    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
-        """Ids of running trials that should stop now. Default: none."""
-        return []
+    def should_stop(self, trial: Trial, trials: Sequence[Trial]) -> str | None:
+        """Why running ``trial`` should stop, judged on its latest intermediate evaluation, or None.
+
+        The controller asks once per intermediate evaluation of every running trial, in step
+        order — also for evaluations of a trial whose result arrived before they were judged, so
+        a fast trial is judged exactly like a slow one. For a decision that is the same in every
+        run of a seed, compare ``trial`` only with :meth:`peers`. Default: never stop.
+        """
+        return None
+
+    def early_stop(self, trials: Sequence[Trial]) -> list[EarlyStopDecision]:
+        """Running trials that should stop now, each with its reason (the paper's
+        GetEarlyStoppingTrials). Default: :meth:`should_stop` on each running trial that has
+        reported an evaluation. The controller calls :meth:`should_stop` itself when a policy
+        overrides it, and this method every tick when a policy overrides only this one."""
+        out = []
+        for trial in trials:
+            if trial.status is TrialStatus.RUNNING and trial.metrics:
+                reason = self.should_stop(trial, trials)
+                if reason is not None:
+                    out.append(EarlyStopDecision(trial.id, reason, trial.metrics[-1].step))
+        return out
+
+    def peers(self, trial: Trial, trials: Sequence[Trial]) -> list[Trial]:
+        """Usable trials an early-stopping decision about ``trial`` may compare it with.
+
+        In deterministic ordering, the trials the policy had seen when ``trial`` was created
+        (numbered below its ``metadata.created_after``): they are final, so the decision is the
+        same in every run of the seed, embedded or distributed, however fast the workers are.
+        In arrival ordering, every usable trial seen so far.
+        """
+        if self.spec.execution.ordering == "deterministic":
+            limit = min(int(trial.metadata.get("created_after", 0)), len(trials))
+            return [t for t in trials[:limit] if t.usable]
+        return [t for t in trials if t.usable and t.id != trial.id]
 
     def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
         """Trials whose checkpoints a future suggestion may warm-start from (kept by GC).
@@ -68,21 +155,17 @@ class Policy(ABC):
         return self.objective.sign() * trial.objective
 
     def committed_steps(self, trials: Sequence[Trial]) -> int:
-        """Steps spent or promised: failed and stopped trials count what they actually trained."""
+        """Steps held against ``budget.total_steps`` (see :func:`pbt.controller.view.committed`)."""
         return TrialView.of(trials).committed_steps
+
+    def room(self, trials: Sequence[Trial]) -> Room:
+        """What the budget still admits after ``trials``: ask it once per suggestion."""
+        return Room(self.budget.max_trials, self.budget.total_steps, len(trials), self.committed_steps(trials))
 
     def room_for(self, trials: Sequence[Trial], new: Sequence[Suggestion], steps: int) -> bool:
         """Whether the budget admits one more trial of ``steps`` after ``new`` suggestions."""
-        if self.budget.max_trials is not None and len(trials) + len(new) >= self.budget.max_trials:
-            return False
-        if self.budget.total_steps is not None:
-            spent = self.committed_steps(trials) + sum(s.steps for s in new)
-            return spent + steps <= self.budget.total_steps
-        return True
-
-    def best(self, trials: Sequence[Trial]) -> Trial | None:
-        usable = [t for t in trials if t.usable]
-        return max(usable, key=lambda t: (self.fitness(t), -t.number)) if usable else None
+        room = self.room(trials)
+        return all(room.take(s.steps) for s in new) and room.fits(steps)
 
 
 class FromScratch(Policy):

@@ -19,8 +19,14 @@ from pbt.trial import Trial, TrialStatus
 
 
 def committed(trial: Trial) -> int:
-    """Steps a trial holds against the budget: what it trained if it ended early, else its target."""
-    return trial.steps_done if trial.status in (TrialStatus.FAILED, TrialStatus.STOPPED) else trial.steps
+    """Steps a trial holds against ``budget.total_steps``.
+
+    A trial is charged the steps it was given when it is created, and keeps that charge when it
+    completes *or fails* — so failing work uses up the budget and no study can run forever on
+    trials that fail before their first step. A trial stopped early is charged the steps it
+    trained up to its stop (what the policy's view shows as its ``steps_done``).
+    """
+    return trial.steps_done if trial.status is TrialStatus.STOPPED else trial.steps
 
 
 class TrialView(Sequence[Trial]):
@@ -28,7 +34,10 @@ class TrialView(Sequence[Trial]):
 
     * ``committed_steps`` — steps held against the budget;
     * ``latest_by_member`` — each PBT member's newest trial;
-    * ``ready`` — members whose newest trial has ended (the ones waiting for a decision);
+    * ``ready`` — members whose newest trial has ended (the ones waiting for a decision), also
+      in decision order (:meth:`ready_in_order`: least trained first);
+    * ``running_by_generation`` — members' trials not ended yet, counted per generation;
+    * each member's trials in creation order (:meth:`member_trials`);
     * per-generation lists of *parent candidates* — usable trials whose checkpoints still exist,
       kept sorted by trial number so a random pick is canonical (the same after a restart).
     """
@@ -38,6 +47,10 @@ class TrialView(Sequence[Trial]):
         self.committed_steps = 0
         self.latest_by_member: dict[int, Trial] = {}
         self.ready: dict[int, Trial] = {}
+        self._ready_order: list[tuple[int, int, int]] = []  # (lineage steps, number, member), sorted
+        self.running_by_generation: dict[int, int] = defaultdict(int)
+        self._member_trials_by_generation: dict[int, int] = defaultdict(int)
+        self._members: dict[int, list[Trial]] = defaultdict(list)
         self._parents: dict[int, list[Trial]] = defaultdict(list)
         for t in trials:
             self.append(t)
@@ -71,19 +84,57 @@ class TrialView(Sequence[Trial]):
     def _add(self, t: Trial) -> None:
         self.committed_steps += committed(t)
         if t.member is not None:
+            history = self._members[t.member]
+            i = bisect.bisect_left(history, t.number, key=_number)
+            if i < len(history) and history[i].number == t.number:
+                history[i] = t
+            else:
+                history.insert(i, t)
+            if not t.status.terminal:
+                self.running_by_generation[t.generation] += 1
+            self._member_trials_by_generation[t.generation] += 1
             current = self.latest_by_member.get(t.member)
             if current is None or current.number <= t.number:
                 self.latest_by_member[t.member] = t
-                if t.status.terminal:
-                    self.ready[t.member] = t
-                else:
-                    self.ready.pop(t.member, None)
+                self._set_ready(t.member, t if t.status.terminal else None)
         if _is_parent_candidate(t):
             bucket = self._parents[t.generation]
             bisect.insort(bucket, t, key=_number)
 
+    def _set_ready(self, member: int, trial: Trial | None) -> None:
+        old = self.ready.pop(member, None)
+        if old is not None:
+            key = (old.lineage_steps, old.number, member)
+            i = bisect.bisect_left(self._ready_order, key)
+            if i < len(self._ready_order) and self._ready_order[i] == key:
+                del self._ready_order[i]
+        if trial is not None:
+            self.ready[member] = trial
+            bisect.insort(self._ready_order, (trial.lineage_steps, trial.number, member))
+
+    def ready_in_order(self) -> Iterator[Trial]:
+        """Ready members' latest trials, least trained first (ties: oldest trial first)."""
+        for _, _, member in self._ready_order:
+            yield self.ready[member]
+
+    def member_trials(self, member: int) -> Sequence[Trial]:
+        """The member's trials in creation order."""
+        return self._members.get(member, ())
+
+    def trials_up_to(self, generation: int) -> int:
+        """Members' trials of at most ``generation``, ended or not."""
+        return sum(n for g, n in self._member_trials_by_generation.items() if g <= generation)
+
+    def running_up_to(self, generation: int) -> int:
+        """Members' trials of at most ``generation`` that have not ended yet."""
+        return sum(n for g, n in self.running_by_generation.items() if g <= generation)
+
     def _remove(self, t: Trial) -> None:
         self.committed_steps -= committed(t)
+        if t.member is not None:
+            self._member_trials_by_generation[t.generation] -= 1
+            if not t.status.terminal:
+                self.running_by_generation[t.generation] -= 1
         if _is_parent_candidate(t):
             bucket = self._parents[t.generation]
             i = bisect.bisect_left(bucket, t.number, key=_number)

@@ -1,8 +1,9 @@
-"""Validation of user-supplied names before they become object keys or file paths.
+"""Object keys: validated before a back end sees them, and the checkpoint layout.
 
 Study names and trial ids end up inside ``s3://bucket/prefix/<study>/...`` and
 ``/some/dir/<study>/...``. Anything that could escape the prefix (``..``, absolute
 paths, backslashes, control characters) is refused here, once, so back ends can trust keys.
+Single names are checked by :func:`pbt.names.validate_name`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,6 @@ from __future__ import annotations
 import re
 
 from pbt.errors import InvalidNameError
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def validate_name(name: str, what: str = "name") -> str:
-    """Return ``name`` if it is safe as a single path segment, else raise InvalidNameError."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
-        raise InvalidNameError(
-            f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, and no '..'"
-        )
-    return name
 
 
 def validate_key(key: str) -> str:

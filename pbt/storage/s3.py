@@ -1,72 +1,49 @@
 """``s3://bucket[/prefix]`` object store: AWS S3 or any S3-compatible service (MinIO, Ceph, moto).
 
-Why it is built this way:
+The client it talks through — settings from the environment, retries, timeouts, transfer
+limits, one cached client per process — is built by :mod:`pbt.storage.s3_client` (where the
+``PBT_S3_*`` variables are listed); ``S3Settings`` and ``reset_clients`` are re-exported here.
+Why the store is built this way:
 
-* **One client per process.** A boto3 client owns a connection pool and resolved credentials;
-  building one costs milliseconds and a credential lookup, so it is cached per process. Celery's
-  prefork workers fork *after* importing pbt, and a pool whose sockets are shared by two
-  processes corrupts both, so the cache is keyed by ``os.getpid()`` and cleared in the child
-  at fork.
 * **Credentials come only from the standard boto3 chain** (environment, shared config, SSO,
   instance/container roles). They never appear in the URI (refused if they do), in messages or
   in logs.
-* **Endpoint**: boto3 itself honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (and
-  ``endpoint_url`` in the shared config); ``PBT_S3_ENDPOINT_URL`` overrides them for pbt alone.
-  With any custom endpoint pbt defaults to path-style addressing, because ``bucket.minio:9000``
-  style host names rarely resolve inside a docker or Kubernetes network.
-* **Retries are botocore's** (``standard`` mode by default: throttling, 5xx and connection
-  errors, exponential back-off with jitter) with a larger budget than boto's default of 3,
-  because losing a checkpoint to a short S3 brown-out costs a trial. Whatever survives them is
-  a :class:`~pbt.errors.StorageError` (retryable), except errors a person must fix (access
-  denied, missing bucket, no credentials), which raise :class:`S3ConfigError`, a
-  :class:`~pbt.errors.FatalError`: retrying those only delays the message an operator needs.
-* **Transfers stream** through s3transfer with a bounded part size and concurrency, so memory
-  does not grow with the object; a multipart upload only becomes visible when it completes,
-  which keeps ``put_file`` atomic. (Give the bucket an ``AbortIncompleteMultipartUpload``
-  lifecycle rule so uploads killed with their process do not accumulate.)
+* **Errors**: whatever survives botocore's retries is a :class:`~pbt.errors.StorageError`
+  (retryable), except errors a person must fix (access denied, missing bucket, no credentials),
+  which raise :class:`S3ConfigError`, a :class:`~pbt.errors.FatalError`: retrying those only
+  delays the message an operator needs.
+* **Atomic uploads**: a multipart upload only becomes visible when it completes, which keeps
+  ``put_file`` atomic. (Give the bucket an ``AbortIncompleteMultipartUpload`` lifecycle rule
+  so uploads killed with their process do not accumulate.)
 * **Integrity** is end to end in :mod:`pbt.storage.checkpoints` (SHA-256 per part); botocore's
   own CRC checksums come on top. S3-compatible stores that reject those checksums (older MinIO,
   some appliances) work with ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``.
-
-Settings (environment, read when a store is built; ``S3Settings`` for code and tests):
-``PBT_S3_ENDPOINT_URL``, ``PBT_S3_RETRY_MODE`` (``standard``/``adaptive``; else
-``AWS_RETRY_MODE``), ``PBT_S3_MAX_ATTEMPTS`` (else ``AWS_MAX_ATTEMPTS``; default 10),
-``PBT_S3_MULTIPART_THRESHOLD`` and ``PBT_S3_MULTIPART_CHUNKSIZE`` (bytes, ``64MiB`` style
-suffixes allowed; default 64 MiB), ``PBT_S3_MAX_CONCURRENCY`` (default 10),
-``PBT_S3_CONNECT_TIMEOUT`` / ``PBT_S3_READ_TIMEOUT`` (seconds), ``PBT_S3_ADDRESSING_STYLE``
-(``auto``/``path``/``virtual``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import re
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import boto3
 import botocore.exceptions as bce
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from s3transfer.exceptions import S3DownloadFailedError
 
 from pbt.errors import FatalError, NotFoundError, SpecError, StorageConfigError, StorageError
 from pbt.storage.base import ObjectInfo, ObjectStore
 from pbt.storage.keys import validate_key
+from pbt.storage.s3_client import S3Settings, client_for, reset_clients
 
 __all__ = ["S3ConfigError", "S3ObjectStore", "S3Settings", "reset_clients"]
 
-_MiB = 1 << 20
 _TMP = ".pbt-tmp-"  # same hidden prefix as the local store, so stray temp files look alike
 _DELETE_BATCH = 1000  # the DeleteObjects limit
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -125,150 +102,6 @@ def _scrub(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
-def _parse_size(name: str, raw: str) -> int:
-    units = {"": 1, "b": 1, "kb": 10**3, "kib": 1 << 10, "mb": 10**6, "mib": _MiB}
-    units |= {"gb": 10**9, "gib": 1 << 30}
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
-    if not match or match.group(2).lower() not in units:
-        raise SpecError(f"{name}={raw!r}: expected a size in bytes such as 67108864 or 64MiB")
-    return int(match.group(1)) * units[match.group(2).lower()]
-
-
-def _env_number(env: Mapping[str, str], names: tuple[str, ...], default: float, kind: type = int) -> Any:
-    for name in names:
-        raw = env.get(name)
-        if raw not in (None, ""):
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SpecError(f"{name}={raw!r}: expected a number") from None
-            if value <= 0:
-                raise SpecError(f"{name}={raw!r}: must be positive")
-            return value
-    return default
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Everything that shapes the client and transfers; hashable, so it keys the client cache."""
-
-    endpoint_url: str | None = None  # None: let boto3 resolve AWS_ENDPOINT_URL_S3 and friends
-    retry_mode: str = "standard"
-    max_attempts: int = 10
-    multipart_threshold: int = 64 * _MiB
-    multipart_chunksize: int = 64 * _MiB
-    max_concurrency: int = 10
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    addressing_style: str | None = None  # None: path-style if an endpoint is configured, else auto
-    # Downloaded chunks (256 KiB each) waiting for the disk: s3transfer's default of 100 caps that
-    # buffer at 25 MiB whatever the object size. Code only, no variable: few need to change it.
-    max_io_queue: int = 100
-
-    def __post_init__(self) -> None:
-        if self.retry_mode not in ("standard", "adaptive", "legacy"):
-            raise SpecError(f"S3 retry mode {self.retry_mode!r}: use 'standard' or 'adaptive'")
-        if self.addressing_style not in (None, "auto", "path", "virtual"):
-            raise SpecError(f"S3 addressing style {self.addressing_style!r}: use auto, path or virtual")
-        if min(self.max_attempts, self.max_concurrency, self.max_io_queue) < 1:
-            raise SpecError("S3 max_attempts, max_concurrency and max_io_queue must be at least 1")
-        if self.endpoint_url is not None:
-            parsed = urlparse(self.endpoint_url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise SpecError("PBT_S3_ENDPOINT_URL must look like https://host[:port]")
-            if parsed.username or parsed.password or parsed.query:
-                raise SpecError(
-                    "PBT_S3_ENDPOINT_URL must not carry credentials or a query; "
-                    "credentials come from the standard boto3 chain"
-                )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
-        env = os.environ if env is None else env
-        style = env.get("PBT_S3_ADDRESSING_STYLE") or None
-        endpoint_vars = ("PBT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-        custom_endpoint = any(env.get(name) for name in endpoint_vars)
-        return cls(
-            endpoint_url=env.get("PBT_S3_ENDPOINT_URL") or None,
-            retry_mode=env.get("PBT_S3_RETRY_MODE") or env.get("AWS_RETRY_MODE") or "standard",
-            max_attempts=_env_number(env, ("PBT_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS"), 10),
-            multipart_threshold=_parse_size(
-                "PBT_S3_MULTIPART_THRESHOLD", env.get("PBT_S3_MULTIPART_THRESHOLD") or str(64 * _MiB)
-            ),
-            multipart_chunksize=_parse_size(
-                "PBT_S3_MULTIPART_CHUNKSIZE", env.get("PBT_S3_MULTIPART_CHUNKSIZE") or str(64 * _MiB)
-            ),
-            max_concurrency=_env_number(env, ("PBT_S3_MAX_CONCURRENCY",), 10),
-            connect_timeout=_env_number(env, ("PBT_S3_CONNECT_TIMEOUT",), 10.0, float),
-            read_timeout=_env_number(env, ("PBT_S3_READ_TIMEOUT",), 60.0, float),
-            addressing_style=style or ("path" if custom_endpoint else None),
-        )
-
-    def replace(self, **changes: Any) -> S3Settings:
-        return dataclasses.replace(self, **changes)
-
-    def transfer_config(self) -> TransferConfig:
-        # "classic" pins the pure-Python s3transfer engine: the CRT engine, picked automatically
-        # when awscrt is installed, ignores these limits and its memory use is its own.
-        return TransferConfig(
-            multipart_threshold=self.multipart_threshold,
-            multipart_chunksize=self.multipart_chunksize,
-            max_concurrency=self.max_concurrency,
-            max_io_queue=self.max_io_queue,
-            use_threads=True,
-            preferred_transfer_client="classic",
-        )
-
-
-# --- the per-process client cache ------------------------------------------------------------
-
-_clients: dict[tuple[int, S3Settings], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _forget_clients_after_fork() -> None:
-    """In a forked child: drop the parent's clients, and a lock another thread may have held."""
-    global _clients_lock
-    _clients_lock = threading.Lock()
-    _clients.clear()
-
-
-os.register_at_fork(after_in_child=_forget_clients_after_fork)
-
-
-def reset_clients() -> None:
-    """Forget every cached client, so the next call builds fresh ones.
-
-    Tests use it to isolate event hooks and botocore's per-client retry quota; an operator
-    never needs it (refreshable credentials refresh inside the client).
-    """
-    with _clients_lock:
-        _clients.clear()
-
-
-def _client(settings: S3Settings) -> Any:
-    pid = os.getpid()
-    with _clients_lock:
-        client = _clients.get((pid, settings))
-        if client is None:
-            for stale in [k for k in _clients if k[0] != pid]:  # belt and braces if fork hooks were skipped
-                del _clients[stale]
-            s3_options = {"addressing_style": settings.addressing_style} if settings.addressing_style else {}
-            config = Config(
-                # "total_max_attempts" counts the first try, like AWS_MAX_ATTEMPTS; botocore's
-                # "max_attempts" key would count retries only (one more request than asked for).
-                retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                max_pool_connections=settings.max_concurrency + 10,
-                s3=s3_options,
-            )
-            # A Session per client: boto3's default session is not thread-safe to build clients from.
-            client = boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
-            _clients[(pid, settings)] = client
-        return client
-
-
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into a checked bucket name and a validated key prefix."""
     parsed = urlparse(uri)
@@ -306,7 +139,7 @@ class S3ObjectStore(ObjectStore):
     @property
     def client(self) -> Any:
         """This process's client for these settings (rebuilt after a fork)."""
-        return _client(self.settings)
+        return client_for(self.settings)
 
     def _key(self, key: str) -> str:
         return self._root + validate_key(key)

@@ -20,9 +20,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pbt.errors import NotFoundError, StorageError
+from pbt.errors import NotFoundError, StorageError, StudyNotFoundError
+from pbt.names import validate_name
+from pbt.storage import open_object_store
 from pbt.storage.base import ObjectStore
-from pbt.storage.keys import join, validate_name
+from pbt.storage.keys import join
 from pbt.trial import Trial
 
 _SNAPSHOT = "snapshot.json.gz"
@@ -54,7 +56,7 @@ class StudyStore:
         try:
             return json.loads(self.objects.get_bytes(self.key("spec.json")))
         except NotFoundError:
-            raise NotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
+            raise StudyNotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
 
     def write_doc(self, name: str, doc: dict[str, Any]) -> None:
         self.objects.put_bytes(self.key(name + ".json"), json.dumps(doc, sort_keys=True).encode())
@@ -148,13 +150,12 @@ def _segment_name(seq: int) -> str:
     return f"{seq:012d}.json"
 
 
-def open_study(storage: str, study: str) -> StudyStore:
-    """The store of an existing study: what ``pbt status``, ``report``, ``stop`` and ``resume`` read.
+def open_study_store(storage: str, study: str) -> StudyStore:
+    """The store of an existing study in ``storage`` (a path, ``file://`` or ``s3://`` URI).
 
-    Raises NotFoundError naming the study and the storage when there is no such study.
+    Raises StudyNotFoundError naming the study and the storage when there is none. Readers
+    want :func:`pbt.analysis.study.open_study`, which also reads what the store holds.
     """
-    from pbt.storage import open_object_store
-
     store = StudyStore(open_object_store(storage), study)
     store.read_spec()
     return store

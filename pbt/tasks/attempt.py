@@ -7,17 +7,26 @@ so it can be tested without Redis. Its job, in order:
    (a preempted or crashed attempt loses at most ``checkpoint_every`` steps), else warm-start
    from the parent's checkpoint, falling back along the lineage if that one fails
    verification — never silently from scratch;
-2. train in chunks, saving an in-trial checkpoint every ``checkpoint_every`` steps and
-   reporting progress after each chunk;
-3. evaluate, refuse a non-finite objective, save the final checkpoint (which also records the
-   final metrics, so a redelivered attempt that finds it returns the same result at once).
+2. train in chunks with :class:`~pbt.trainers.driver.TrainerDriver` (the loop a replay runs too),
+   saving an in-trial checkpoint every ``checkpoint_every`` steps, reporting progress after each
+   chunk and honouring a stop or a preemption there;
+3. evaluate, refuse a missing or non-finite objective, save the final checkpoint (which also
+   records the final metrics, so a redelivered attempt that finds it returns the same result at once).
 
 Whatever the trainer does — raise, return NaN — the attempt ends in a :class:`TrialResult`,
 never an exception, except :class:`Preempted`, which asks the executor to hand the task back.
+
+A failure carries its scope (:class:`~pbt.trial.FailureScope`): an error that is the same for
+every trial — the objective metric missing from ``evaluate()``, a trainer that cannot be built
+from ``trainer.config``, a protocol method called with the arguments pbt passes that does not
+accept them — is ``study``-scoped, so the controller ends the study at once; anything else is
+the trial's. An objective that is NaN or infinite at *any* evaluation ends the attempt there
+(non-finite is the worst value, and a diverged model does not recover).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import socket
@@ -29,12 +38,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pbt.errors import CorruptCheckpointError, FatalError, NotFoundError, RetryableError
+from pbt.errors import (
+    CorruptCheckpointError,
+    FatalError,
+    NotFoundError,
+    RetryableError,
+    SpecError,
+    TrainerContractError,
+)
 from pbt.storage import open_object_store
 from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.keys import checkpoint_name, checkpoint_step, trial_prefix
+from pbt.trainers import driver as driver_module
 from pbt.trainers.base import load_trainer_class
-from pbt.trial import MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
+from pbt.trainers.driver import TrainerDriver
+from pbt.trial import FailureScope, MetricReport, Progress, Timings, TrialResult, TrialStatus, TrialTask, trial_seed
 
 Interrupt = Literal["stop", "preempt"] | None
 
@@ -85,14 +103,52 @@ def run_attempt(
     except Preempted:
         raise
     except Exception as exc:
-        retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
+        scope, retryable = classify(exc)
         return attempt.result(
             TrialStatus.FAILED,
             error=f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}",
             retryable=retryable,
+            scope=scope,
         )
     finally:
+        close_trainer(attempt.trainer)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def close_trainer(trainer: Any) -> None:
+    """Call a trainer's optional ``close()`` (a function trainer's loop ends there); never raises."""
+    close = getattr(trainer, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:  # the attempt's result is decided; a failing close must not change it
+            logging.getLogger("pbt.worker").warning("the trainer's close() raised: %s: %s", type(exc).__name__, exc)
+
+
+def classify(exc: BaseException) -> tuple[FailureScope, bool]:
+    """``(scope, retryable)`` of the exception that ended an attempt."""
+    if isinstance(exc, (TrainerContractError, SpecError)) or _raised_by_the_call(exc):
+        return FailureScope.STUDY, False  # a SpecError from a trainer: its config or the space is wrong
+    retryable = isinstance(exc, RetryableError) or not isinstance(exc, (FatalError, AssertionError))
+    return FailureScope.TRIAL, retryable
+
+
+_CALL_SITES = frozenset({__file__, driver_module.__file__})
+
+#: What a trainer's constructor raises when ``trainer.config`` does not suit it: the same for
+#: every trial. (An OSError or a RuntimeError may be the worker's environment: not included.)
+_CONFIG_ERRORS = (TypeError, ValueError, LookupError, AttributeError, NameError)
+
+
+def _raised_by_the_call(exc: BaseException) -> bool:
+    """A TypeError raised by the call itself (not inside the trainer): the method does not take
+    the arguments the trainer protocol passes, which is the same for every trial."""
+    tb = exc.__traceback__
+    if not isinstance(exc, TypeError) or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename in _CALL_SITES
 
 
 class _Attempt:
@@ -102,13 +158,20 @@ class _Attempt:
         self.worker = worker
         self.timings = timings
         self.store = _checkpoints(task.storage)
-        self.steps_done = 0
-        self.start_lineage = task.start_lineage_steps  # steps along the lineage before this trial
-        self.metrics: list[MetricReport] = []
+        self.driver: TrainerDriver | None = None  # once the trainer is set up: steps, metrics
         self.resumed_from: int | None = None
         self.warm_start: str | None = None
         self.checkpoint: str | None = None
         self.trainer: Any = None
+        self.diverged: str | None = None  # why an intermediate evaluation ended the attempt
+
+    @property
+    def steps_done(self) -> int:
+        return self.driver.step if self.driver else 0
+
+    @property
+    def metrics(self) -> list[MetricReport]:
+        return self.driver.metrics if self.driver else []
 
     def result(self, status: TrialStatus, **extra: Any) -> TrialResult:
         objective = None
@@ -133,53 +196,76 @@ class _Attempt:
 
     def run(self, workdir: Path) -> TrialResult:
         task = self.task
-        cls = load_trainer_class(task.trainer)
-        self.trainer = cls(task.trainer_config)
+        try:
+            cls = load_trainer_class(task.trainer)
+        except SpecError as exc:  # the controller imported it: this worker's environment differs
+            raise RuntimeError(f"this worker cannot load the trainer: {exc}") from exc
+        try:
+            self.trainer = cls(task.trainer_config)
+        except _CONFIG_ERRORS as exc:
+            raise TrainerContractError(
+                f"the trainer {task.trainer} cannot be built from trainer.config: {type(exc).__name__}: {exc}"
+            ) from exc
         self.trainer.setup(task.params, seed=trial_seed(task.seed, task.number))
-        final = self._restore(workdir / "restore")
+        self.driver = TrainerDriver(
+            self.trainer,
+            metric=task.objective_metric,
+            checkpoint_every=task.checkpoint_every,
+            evaluate_every_checkpoint=task.evaluate_every_checkpoint,
+            lineage_start=task.start_lineage_steps,
+            timings=self.timings,
+        )
+        final = self._restore(workdir / "restore", self.driver)
         if final is not None:
             return final
-        chunk = task.checkpoint_every or task.steps
-        while self.steps_done < task.steps:
-            n = min(chunk - self.steps_done % chunk, task.steps - self.steps_done)
-            t0 = time.perf_counter()
-            self.trainer.train(n)
-            self.timings.train += time.perf_counter() - t0
-            self.steps_done += n
-            if self.steps_done >= task.steps:
-                break
-            interrupt = self.reporter.interrupt()
-            at_boundary = task.checkpoint_every and self.steps_done % task.checkpoint_every == 0
-            if at_boundary and task.evaluate_every_checkpoint:
-                self._evaluate()
-            if at_boundary or interrupt:
-                self._save(workdir / f"save-{self.steps_done}")
-            self._progress()
-            if interrupt == "preempt":
-                raise Preempted(f"{task.trial_id} saved at step {self.steps_done} and handed back")
-            if interrupt == "stop":
-                return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
-        values = self._evaluate()
-        objective = values.get(task.objective_metric)
+        objective = self.driver.run(task.steps, lambda at_checkpoint: self._between_chunks(workdir, at_checkpoint))
+        if self.diverged:
+            return self.result(TrialStatus.FAILED, error=self.diverged, retryable=False, diverged=True)
         if objective is None:
-            raise FatalError(
-                f"the trainer's evaluate() returned no {task.objective_metric!r} (got {sorted(values)}); "
-                "check objective.metric in the study file"
+            return self.result(TrialStatus.STOPPED, error="stopped early by the policy")
+        values = self.metrics[-1].values
+        missing = [m for m in task.further_objective_metrics if m not in values]
+        if missing:
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned no {missing} (got {sorted(values)}); "
+                "check objective in the study file"
             )
-        if not math.isfinite(objective):
+        diverged = self._non_finite(values)
+        if diverged:
             self._progress()
-            return self.result(
-                TrialStatus.FAILED,
-                error=f"objective {task.objective_metric} is {objective} (not finite)",
-                retryable=False,
-            )
+            return self.result(TrialStatus.FAILED, error=f"{diverged} (not finite)", retryable=False, diverged=True)
         self._save(workdir / "final", final=True)
         self._prune_in_trial_checkpoints()
         self._progress()
         return self.result(TrialStatus.COMPLETED)
 
-    def _restore(self, directory: Path) -> TrialResult | None:
-        """Load own latest checkpoint, else the parent's (with lineage fallback)."""
+    def _between_chunks(self, workdir: Path, at_checkpoint: bool) -> bool:
+        """Save an in-trial checkpoint, report progress, honour an interrupt; True: stopped."""
+        latest = self.metrics[-1] if self.metrics else None
+        if latest is not None and latest.step == self.steps_done:
+            diverged = self._non_finite(latest.values)
+            if diverged:
+                self.diverged = f"{diverged} (not finite): stopped at once"
+                self._progress()
+                return True
+        interrupt = self.reporter.interrupt()
+        if at_checkpoint or interrupt:
+            self._save(workdir / f"save-{self.steps_done}")
+        self._progress()
+        if interrupt == "preempt":
+            raise Preempted(f"{self.task.trial_id} saved at step {self.steps_done} and handed back")
+        return interrupt == "stop"
+
+    def _non_finite(self, values: dict[str, float]) -> str | None:
+        """``objective q is nan at step 40`` if an objective in ``values`` is not finite."""
+        for metric in (self.task.objective_metric, *self.task.further_objective_metrics):
+            value = values.get(metric)
+            if value is not None and not math.isfinite(value):
+                return f"objective {metric} is {value} at step {self.steps_done}"
+        return None
+
+    def _restore(self, directory: Path, driver: TrainerDriver) -> TrialResult | None:
+        """Load own latest checkpoint, else the parent's (with lineage fallback), and set ``driver``'s start."""
         task = self.task
         t0 = time.perf_counter()
         try:
@@ -189,13 +275,11 @@ class _Attempt:
                 except (CorruptCheckpointError, NotFoundError):
                     continue  # a torn or corrupt in-trial checkpoint: try the previous one
                 self.trainer.load(directory / name.rsplit("/", 1)[1])
-                self.steps_done = self.resumed_from = checkpoint_step(name)
-                self.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
+                driver.step = self.resumed_from = checkpoint_step(name)
+                driver.metrics = [MetricReport.model_validate(m) for m in manifest.meta.get("metrics", [])]
                 self.warm_start = manifest.meta.get("warm_start")
-                self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage + self.steps_done)) - (
-                    self.steps_done
-                )
-                if manifest.meta.get("final") and self.steps_done >= task.steps:
+                driver.lineage_start = int(manifest.meta.get("lineage_step", driver.lineage_step)) - driver.step
+                if manifest.meta.get("final") and driver.step >= task.steps:
                     self.checkpoint = name
                     return self.result(TrialStatus.COMPLETED)
                 return None
@@ -211,24 +295,12 @@ class _Attempt:
                     self.trainer.load(target)
                     self.warm_start = name
                     # A fallback to an older ancestor starts this trial earlier along the lineage.
-                    self.start_lineage = int(manifest.meta.get("lineage_step", self.start_lineage))
+                    driver.lineage_start = int(manifest.meta.get("lineage_step", driver.lineage_start))
                     return None
                 raise FatalError("no usable checkpoint along the lineage:\n  " + "\n  ".join(errors))
             return None
         finally:
             self.timings.checkpoint_load += time.perf_counter() - t0
-
-    def _evaluate(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        raw = self.trainer.evaluate()
-        self.timings.evaluate += time.perf_counter() - t0
-        values = {str(k): float(v) for k, v in dict(raw).items()}
-        self.metrics.append(
-            MetricReport(
-                step=self.steps_done, lineage_step=self.start_lineage + self.steps_done, values=values
-            )
-        )
-        return values
 
     def _save(self, directory: Path, final: bool = False) -> None:
         t0 = time.perf_counter()
@@ -240,7 +312,7 @@ class _Attempt:
             "attempt": self.task.attempt,
             "step": self.steps_done,
             "final": final,
-            "lineage_step": self.start_lineage + self.steps_done,
+            "lineage_step": self.driver.lineage_step,
             "warm_start": self.warm_start,
             "metrics": [m.model_dump() for m in self.metrics],
         }

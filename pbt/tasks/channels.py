@@ -22,7 +22,7 @@ import redis
 from kombu import Exchange, Queue
 
 from pbt.errors import SpecError
-from pbt.spec import redact_url
+from pbt.urls import redact_url
 
 FLAG_TTL = 7 * 24 * 3600  # attempt and stop flags outlive any reasonable trial
 

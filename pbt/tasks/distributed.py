@@ -22,11 +22,12 @@ import redis
 from kombu import Connection
 
 from pbt.errors import StudyLockedError
-from pbt.spec import StudySpec, redact_url
+from pbt.spec import StudySpec
 from pbt.tasks import channels
 from pbt.tasks.celery_app import TASK_NAME, make_app
 from pbt.tasks.executor import Event, Executor
 from pbt.trial import Progress, TrialResult, TrialTask
+from pbt.urls import redact_url
 
 log = logging.getLogger("pbt.distributed")
 

@@ -102,10 +102,10 @@ def assert_complete_and_once(data: dict[str, Any]) -> None:
 def records(study: str, storage: str) -> list[Trial]:
     """The study's trial records, read in this process (for polling; ``pbt status`` is slower)."""
     from pbt.errors import NotFoundError
-    from pbt.storage.study_store import open_study
+    from pbt.storage.study_store import open_study_store
 
     try:
-        return open_study(storage, study).load_trials()
+        return open_study_store(storage, study).load_trials()
     except NotFoundError:
         return []
 

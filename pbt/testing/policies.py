@@ -12,7 +12,7 @@ many such histories. pbt runs the suite over every built-in policy and option mi
 your own policy, subclass it and provide its study::
 
     import pytest
-    from pbt.spec import parse_spec
+    from pbt.study_file import parse_spec
     from pbt.testing import PolicyContract
 
     class TestMyPolicy(PolicyContract):

@@ -20,11 +20,18 @@ Call order in one trial attempt::
 state, RNG state, the trainer's own step counter) and must then re-apply the hyperparameters
 passed to ``setup`` (for example the learning rate of the optimiser's param groups): that is
 how PBT's exploit (copy the parent's state) and explore (new hyperparameters) compose.
+
+A trainer may also have a sixth method, ``close()``, called once pbt is done with it (after the
+final ``save``, or after a failure, stop or preemption) by whoever built it: a worker's attempt
+and a replay. A training loop written as one function instead of a class is a *function
+trainer* (:mod:`pbt.trainers.function`): a trainer path may name such a function, and
+:func:`load_trainer_class` wraps it in a class with these methods.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -48,7 +55,12 @@ class Trainer(Protocol):
 
 
 def load_trainer_class(path: str) -> type:
-    """Resolve ``"package.module:ClassName"``; the error says which half failed and why."""
+    """Resolve ``"package.module:ClassName"`` (or ``:function``) to a class built as ``cls(config)``.
+
+    A class must implement the protocol; a function ``f(hparams, ctx)`` is wrapped in a
+    :class:`~pbt.trainers.function.FunctionTrainer` subclass. Raises SpecError naming
+    ``trainer.path``, which half failed and why.
+    """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise SpecError(f"trainer.path: {path!r} must look like 'package.module:ClassName'")
@@ -62,7 +74,17 @@ def load_trainer_class(path: str) -> type:
             obj = getattr(obj, part)
         except AttributeError:
             raise SpecError(f"trainer.path: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, type) and inspect.isroutine(obj):
+        from pbt.trainers.function import function_trainer_class
+
+        try:
+            return function_trainer_class(obj, path)
+        except ValueError as exc:
+            raise SpecError(f"trainer.path: {exc}") from None
     missing = [m for m in ("setup", "train", "evaluate", "save", "load") if not callable(getattr(obj, m, None))]
     if missing:
-        raise SpecError(f"trainer.path: {path!r} does not implement the trainer protocol (missing {missing})")
+        raise SpecError(
+            f"trainer.path: {path!r} is neither a trainer class (missing {missing}) "
+            "nor a function trainer `def train(hparams, ctx)`"
+        )
     return obj

@@ -89,3 +89,31 @@ class ToyTrainer:
         state = json.loads((Path(directory) / "state.json").read_text())
         self.theta = [float(x) for x in state["theta"]]
         self.step = int(state["step"])
+
+
+def train_toy(hparams: HParams, ctx: Any) -> None:
+    """The same toy problem as a function trainer: ``trainer.path: pbt.trainers.toy:train_toy``.
+
+    Same arithmetic in the same order and the same checkpoint file as :class:`ToyTrainer`, so a
+    study gives identical trials with either (tests check it). Config: ``lr``, ``theta0`` and
+    ``sleep_per_step``, as for the class.
+    """
+    lr = float(ctx.config.get("lr", 0.01))
+    sleep = float(ctx.config.get("sleep_per_step", 0.0))
+    h = [float(hparams["h0"]), float(hparams["h1"])]
+    state = {"theta": [float(x) for x in ctx.config.get("theta0", [0.9, 1.0])], "step": 0}
+    if ctx.checkpoint is not None:  # warm start or resume; h stays this trial's
+        saved = json.loads((Path(ctx.checkpoint) / "state.json").read_text())
+        state = {"theta": [float(x) for x in saved["theta"]], "step": int(saved["step"])}
+
+    def evaluate() -> dict[str, float]:
+        return {"q": true_objective(state["theta"])}
+
+    def save(directory: Path) -> None:
+        (directory / "state.json").write_text(json.dumps(state))
+
+    for _ in ctx.steps(evaluate=evaluate, save=save):
+        state["theta"] = [t - lr * 2.0 * hi * t for t, hi in zip(state["theta"], h)]
+        state["step"] += 1
+        if sleep:
+            time.sleep(sleep)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,16 @@ import torch
 
 from pbt.errors import CorruptCheckpointError, SpecError
 from pbt.trainers.base import HParams
+from pbt.wavenet.corpus import load_speech_corpus
 from pbt.wavenet.model import WaveNet, WaveNetConfig, log_mel_spectrogram, mu_law_decode, mu_law_encode
-from pbt.wavenet.speech import load_speech_corpus, write_wav
+from pbt.wavenet.wav import write_wav
 
 CHECKPOINT = "wavenet.pt"
 FORMAT = "pbt-wavenet/1"
-HPARAMS = ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "batch_size")
+#: Architecture hyperparameters a study may tune (integers). Declare them ``mutable: false``:
+#: a child loads its parent's weights, which only fit the parent's architecture.
+ARCHITECTURE = ("stacks", "layers_per_stack", "residual_channels", "dilation_channels", "skip_channels")
+HPARAMS = ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "batch_size", *ARCHITECTURE)
 _MODEL_KEYS = tuple(f.name for f in fields(WaveNetConfig) if f.name != "cond_channels")
 _DEFAULTS: dict[str, Any] = {
     "data": None,
@@ -140,16 +144,10 @@ class WaveNetTrainer:
             raise SpecError("trainer.config.data: the corpus folder is required (build one with `pbt data speech`)")
         self.cfg["val_crop"] = self.cfg["val_crop"] or self.cfg["crop"]
         self.cfg["train_eval_crops"] = self.cfg["train_eval_crops"] or self.cfg["val_crops"]
-        self.model_config = WaveNetConfig(
+        self.base_config = WaveNetConfig(
             **{k: int(self.cfg[k]) for k in _MODEL_KEYS}, cond_channels=int(self.cfg["mel_bins"])
         )
-        rf = self.model_config.receptive_field
-        for key in ("crop", "val_crop"):
-            if int(self.cfg[key]) < rf:
-                raise SpecError(
-                    f"trainer.config.{key}: {self.cfg[key]} samples is shorter than the model's "
-                    f"receptive field ({rf}); no prediction would see its whole context"
-                )
+        self.model_config = self.base_config  # setup() applies tuned architecture hyperparameters
         if self.cfg["threads"]:
             torch.set_num_threads(int(self.cfg["threads"]))
         self.device = pick_device(str(self.cfg["device"]))
@@ -165,6 +163,18 @@ class WaveNetTrainer:
         if "lr" not in hparams:
             raise SpecError("parameters: WaveNetTrainer needs 'lr' (the learning rate it tunes)")
         self.hparams = dict(hparams)
+        tuned = {k: int(hparams[k]) for k in ARCHITECTURE if k in hparams}
+        self.model_config = replace(self.base_config, **tuned)
+        rf = self.model_config.receptive_field
+        for key in ("crop", "val_crop"):
+            if int(self.cfg[key]) < rf and not tuned:  # the study file alone: the same for every trial
+                raise SpecError(
+                    f"trainer.config.{key}: {self.cfg[key]} samples is shorter than the model's "
+                    f"receptive field ({rf}); no prediction would see its whole context"
+                )
+            if int(self.cfg[key]) < rf:
+                raise ValueError(f"the architecture {tuned} has a receptive field of {rf} samples, longer than "
+                                 f"trainer.config.{key} ({self.cfg[key]})")
         self.batch_size = int(hparams.get("batch_size", self.cfg["batch_size"]))
         self.grad_clip = float(hparams["grad_clip"]) if hparams.get("grad_clip") else None
         with torch.random.fork_rng(devices=[]):  # same weights for the same seed, whatever ran before
@@ -229,6 +239,7 @@ class WaveNetTrainer:
         out = {
             "val_bps": self._mean_nll(self.data.validation, self.val_starts, crop) / math.log(2),
             "train_bps": self._mean_nll(self.data.train, self.train_eval_starts, crop) / math.log(2),
+            "params": float(model.num_parameters()),  # model size: a second objective to trade against
         }
         model.train()
         return out
@@ -258,8 +269,9 @@ class WaveNetTrainer:
         state = read_checkpoint(Path(directory))
         if state["model_config"] != self.model_config.to_dict():
             raise SpecError(
-                f"{directory}: checkpoint is a different model ({state['model_config']}) "
-                f"from the study's ({self.model_config.to_dict()})"
+                f"{directory}: checkpoint is a different model ({state['model_config']}) from this trial's "
+                f"({self.model_config.to_dict()}); declare tuned architecture parameters `mutable: false` so "
+                "a child keeps its parent's architecture"
             )
         model = self._model()
         model.load_state_dict(state["model"])

@@ -2,7 +2,7 @@
 
 Three steps, one module each: :mod:`pbt.analysis.report.data` turns records into the numbers every
 figure shows, :mod:`pbt.analysis.report.plots` draws them, :mod:`pbt.analysis.report.page` lays out the page.
-Reading goes through the same :class:`~pbt.storage.study_store.StudyStore` as ``pbt status``,
+Reading goes through the same :func:`~pbt.analysis.study.open_study` as ``pbt status``,
 read-only, so a report of a running study is safe and simply partial.
 """
 
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbt.analysis.report.data import ReportData, prepare
-from pbt.spec import StudySpec, parse_spec
-from pbt.storage.study_store import open_study
+from pbt.analysis.study import open_study
+from pbt.spec import StudySpec
 from pbt.trial import Trial
 
 FIGURES = ("objective.png", "schedules.png", "lineage.png", "times.png")
+FRONT = "front.png"  # drawn for studies with two (or more: the first two) objectives
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,8 @@ class Report:
 
     @property
     def files(self) -> list[Path]:
-        return [self.html, self.directory / "report.json", *(self.directory / f for f in FIGURES)]
-
-
-def load_study(study: str, storage: str) -> tuple[StudySpec, list[Trial], dict | None]:
-    """The stored spec, every trial record and the controller's last state document."""
-    store = open_study(storage, study)
-    spec = parse_spec(store.read_spec(), check_trainer=False)
-    return spec, store.load_trials(), store.read_doc("state")
+        figures = [*FIGURES, FRONT] if len(self.data.objectives) > 1 else list(FIGURES)
+        return [self.html, self.directory / "report.json", *(self.directory / f for f in figures)]
 
 
 def write_report(
@@ -56,6 +51,8 @@ def write_report(
         "lineage.png": plots.tree_figure,
         "times.png": plots.times_figure,
     }
+    if len(data.objectives) > 1:
+        builders[FRONT] = plots.front_figure
     figures = {name: plots.png(build(data)) for name, build in builders.items()}
     for name, body in figures.items():
         (out / name).write_bytes(body)
@@ -66,5 +63,6 @@ def write_report(
 
 
 def report_study(study: str, storage: str, out: Path) -> Report:
-    spec, trials, state = load_study(study, storage)
-    return write_report(spec, trials, out, state, storage)
+    """Read study ``study`` from ``storage`` and write its report into ``out``."""
+    stored = open_study(storage, study)
+    return write_report(stored.spec, stored.trials, out, stored.state, storage)

@@ -19,13 +19,25 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pbt.lineage import best_trial, lineage, schedule
+from pbt.analysis.budget import BudgetUse
+from pbt.analysis.status import worker_name
+from pbt.lineage import best_trial, lineage, pareto_front, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
+from pbt.study_state import ending, study_state
 from pbt.trial import Timings, Trial
 
 PHASES: tuple[str, ...] = tuple(Timings.model_fields)
 TOP_TRIALS = 20
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """A usable trial's value of every objective, and whether no other usable trial dominates it."""
+
+    trial: str
+    values: list[float]
+    on_front: bool
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,69 @@ class TopRow:
 
 
 @dataclass(frozen=True)
+class RootFate:
+    """A generation-0 trial and what became of its lineage: still among the latest trials of the
+    population (``survives``), or last trained up to lineage step ``last_step``."""
+
+    root: str
+    survives: bool
+    last_step: int
+    trials: int  # trials descending from it, itself included
+
+
+@dataclass(frozen=True)
+class TimeUse:
+    """The numbers that explain the time breakdown (see :func:`time_use`)."""
+
+    workers: int  # distinct workers seen in the records (0: none recorded)
+    parallelism: int  # execution.parallelism: trials in flight at once
+    wall_seconds: float  # from the first trial's creation to the last one's end
+    worker_seconds: float  # every phase but the queue wait, over all trials
+    queue_seconds: float
+    trials: int
+
+    @property
+    def queue_share(self) -> float:
+        total = self.worker_seconds + self.queue_seconds
+        return self.queue_seconds / total if total > 0 else 0.0
+
+    @property
+    def busy(self) -> float | None:
+        """Share of the workers' wall time spent in a trial's phases (None when unknown)."""
+        if not self.workers or self.wall_seconds <= 0:
+            return None
+        return min(1.0, self.worker_seconds / (self.workers * self.wall_seconds))
+
+    def explain(self) -> list[str]:
+        """Why the queue wait is what it is, in sentences for the report (empty without trials)."""
+        if not self.trials:
+            return []
+        share = 100 * self.queue_share
+        out = [f"Queue wait is the time from a trial's publication to a worker starting it, summed over "
+               f"trials: {share:.2g}% of the time recorded here. It is time trials waited, not time workers lost."]
+        why = []
+        if self.workers and self.parallelism > self.workers:
+            why.append(f"up to {self.parallelism} trials are in flight (execution.parallelism) for "
+                       f"{self.workers} worker{'s' if self.workers != 1 else ''}, so a published trial "
+                       "usually waits for a worker to finish another one first")
+        work = self.worker_seconds / self.trials
+        if work < 1.0:
+            why.append(f"each trial's work is short ({work:.2g} s on average), so even the fixed delay of "
+                       "handing a trial to a worker and its result back outweighs it; trials of more steps "
+                       "make that delay small")
+        if why:
+            out.append("Here " + "; and ".join(why) + ".")
+        if self.busy is not None:
+            lead = "What does cost time is idle workers: the" if share >= 20 else "The"
+            out.append(f"{lead} {self.workers} worker"
+                       f"{'s' if self.workers != 1 else ''} spent {100 * self.busy:.0f}% of the study's "
+                       f"{self.wall_seconds:.3g} s loading, training, evaluating and saving; the rest of the "
+                       "time they were between trials: handing them over, or waiting for the controller's next "
+                       "decision.")
+        return out
+
+
+@dataclass(frozen=True)
 class ScheduleRun:
     """Consecutive segments of the best lineage with identical hyperparameters, merged for reading."""
 
@@ -141,7 +216,8 @@ class ReportData:
     algorithm: str
     metric: str
     mode: str
-    state: str  # finished | paused | in progress
+    state: str  # StudyState.summary: finished | paused | in progress
+    ended: str | None  # how the last run ended ("failed: ..."), once it has
     generated_at: float
     parameters: list[str]
     counts: dict[str, int]
@@ -164,10 +240,23 @@ class ReportData:
     top: list[TopRow]
     storage: str | None = None  # where the records were read (for the commands the page suggests)
     notes: list[str] = field(default_factory=list)
+    root_fates: list[RootFate] = field(default_factory=list)  # every lineage root, survivors first
+    time_use: TimeUse | None = None  # what the time breakdown means for this study
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, mode), the primary first
+    points: list[FrontPoint] = field(default_factory=list)  # usable trials' objectives (several objectives)
+
+    @property
+    def front(self) -> list[FrontPoint]:
+        """The Pareto front, best primary objective first (empty with one objective)."""
+        return [p for p in self.points if p.on_front]
 
     @property
     def trials(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def budget(self) -> BudgetUse:
+        return BudgetUse(self.steps_done, self.counts.get("completed", 0), self.budget_steps, self.budget_trials)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able data; non-finite objectives were dropped when the series were built."""
@@ -225,18 +314,21 @@ def prepare(
     totals = {p: sum(x.seconds[p] for x in times) for p in PHASES}
 
     notes = []
-    if any(not t.status.terminal for t in trials):
-        running = sum(1 for t in trials if not t.status.terminal)
+    running = sum(1 for t in trials if not t.status.terminal)
+    if running:
         notes.append(f"{running} trial(s) still pending or running: their curves and bars are partial.")
     if not member_rows and trials:
         notes.append("trials have no population member (not a PBT study): tree rows are trial numbers.")
 
     return ReportData(
+        root_fates=_root_fates(trials, roots, nodes),
+        time_use=time_use(spec, trials),
         study=spec.name,
         algorithm=spec.algorithm.name,
         metric=metric,
         mode=spec.objective.mode,
-        state=_state(trials, state),
+        state=study_state(running, state).summary,
+        ended=None if running or (end := ending(state)) is None else end.summary(),
         generated_at=time.time(),
         parameters=list(spec.parameters),
         counts=dict(sorted(counts.items())),
@@ -259,7 +351,51 @@ def prepare(
         top=_top(spec, trials),
         storage=storage,
         notes=notes,
+        objectives=[(o.metric, o.mode) for o in spec.objectives],
+        points=_front_points(spec, trials),
     )
+
+
+def _front_points(spec: StudySpec, trials: Sequence[Trial]) -> list[FrontPoint]:
+    """With several objectives, every usable trial's point; the front first, best primary first."""
+    if len(spec.objectives) < 2:
+        return []
+    front = {t.id for t in pareto_front(trials, spec.objectives)}
+    points = []
+    for t in trials:
+        if t.usable:
+            last = t.metrics[-1].values if t.metrics else {}
+            values = [t.objective if i == 0 else last.get(o.metric, math.nan) for i, o in enumerate(spec.objectives)]
+            points.append(FrontPoint(t.id, [float(v) for v in values], t.id in front))
+    sign = spec.objective.sign()
+    return sorted(points, key=lambda p: (not p.on_front, -sign * p.values[0], p.trial))
+
+
+def time_use(spec: StudySpec, trials: Sequence[Trial]) -> TimeUse:
+    """Workers seen, wall time and worker time of a study, to read its time breakdown by."""
+    workers = {worker_name(t.worker) for t in trials if t.worker}
+    starts = [t.created_at for t in trials if t.created_at]
+    ends = [t.finished_at for t in trials if t.finished_at]
+    wall = max(ends) - min(starts) if starts and ends else 0.0
+    queue = sum(t.timings.queue_wait for t in trials)
+    work = sum(getattr(t.timings, p) for t in trials for p in PHASES if p != "queue_wait")
+    return TimeUse(len(workers), spec.execution.parallelism, max(0.0, wall), work, queue, len(trials))
+
+
+def _root_fates(trials: Sequence[Trial], roots: dict[str, str], nodes: Sequence[Node]) -> list[RootFate]:
+    """Every root with its fate: survivors first, then the others by how far they got."""
+    latest: dict[object, str] = {}
+    for node in nodes:  # the latest trial on each row (member) of the tree
+        latest[node.row] = node.trial
+    surviving = {roots[t] for t in latest.values()}
+    last: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for t in trials:
+        r = roots[t.id]
+        last[r] = max(last.get(r, 0), t.lineage_steps)
+        count[r] = count.get(r, 0) + 1
+    fates = [RootFate(r, r in surviving, last[r], count[r]) for r in dict.fromkeys(roots[t.id] for t in trials)]
+    return sorted(fates, key=lambda f: (not f.survives, -f.last_step))
 
 
 def _roots(trials: Sequence[Trial], by_id: dict[str, Trial]) -> dict[str, str]:
@@ -281,16 +417,6 @@ def _points(t: Trial, metric: str) -> tuple[list[int], list[float]]:
             steps.append(m.lineage_step)
             values.append(float(v))
     return steps, values
-
-
-def _state(trials: Sequence[Trial], state: dict[str, Any] | None) -> str:
-    state = state or {}
-    active = any(not t.status.terminal for t in trials)
-    if state.get("finished") and not active:
-        return "finished"
-    if state.get("paused") and not active:
-        return "paused"
-    return "in progress"
 
 
 def _schedules(

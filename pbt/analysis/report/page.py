@@ -60,24 +60,33 @@ def _figure(name: str, png: bytes, alt: str, caption: str) -> str:
     )
 
 
+def _front_section(data: ReportData, figures: Mapping[str, bytes]) -> list[str]:
+    """Several objectives: the front plot (first two objectives) and a table of the front."""
+    (mx, _), (my, _) = data.objectives[:2]
+    out = ["<h2>Pareto front</h2>"]
+    if "front.png" in figures:
+        out.append(_figure(
+            "front.png", figures["front.png"], f"{my} against {mx} for every completed trial",
+            f"Each point is a completed trial; red: the {len(data.front)} trial(s) no other completed trial beats "
+            "in every objective. Replay any of them with pbt replay STUDY --trial ID.",
+        ))
+    metrics = [m for m, _ in data.objectives]
+    rows = [(p.trial, *[fmt(v) for v in p.values]) for p in data.front]
+    out.append(_table(["trial", *metrics], rows, left=(0,)) if rows else "<p>No trial has completed yet.</p>")
+    return out
+
+
 def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
     """The whole page for ``data``; ``figures`` maps PNG file names to their bytes."""
     when = dt.datetime.fromtimestamp(data.generated_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    budget = []
-    if data.budget_steps:
-        budget.append(f"{data.steps_done:,} / {data.budget_steps:,} steps")
-    else:
-        budget.append(f"{data.steps_done:,} steps")
-    if data.budget_trials:
-        budget.append(f"{data.counts.get('completed', 0)} / {data.budget_trials} trials completed")
     counts = ", ".join(f"{v} {k}" for k, v in data.counts.items()) or "none yet"
     best = f"{fmt(data.best_objective)} ({data.best})" if data.best else "none yet"
     summary = [
-        ("state", data.state),
+        ("state", data.state if data.ended is None else f"{data.state} — {data.ended}"),
         ("algorithm", data.algorithm),
-        ("objective", f"{data.metric} ({data.mode})"),
+        ("objective", ", ".join(f"{m} ({mode})" for m, mode in data.objectives) or f"{data.metric} ({data.mode})"),
         ("trials", f"{data.trials}: {counts}"),
-        ("budget", "; ".join(budget)),
+        ("budget", "; ".join(data.budget.parts(trials_word="trials completed"))),
         ("best", best),
         ("best lineage", f"{len(data.best_lineage)} trials, {len(data.exploits)} exploits in the study"),
     ]
@@ -100,6 +109,9 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
         "Each line is one trial, starting at its parent's last evaluation (where its weights came from). "
         "Colour = the generation-0 trial the lineage descends from; triangles mark exploits; black = best lineage.",
     ))
+
+    if len(data.objectives) > 1:
+        parts += _front_section(data, figures)
 
     parts.append("<h2>Hyperparameter schedules</h2>")
     parts.append(_figure(
@@ -135,6 +147,8 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
         "times.png", figures["times.png"], "time per trial phase",
         "Seconds per phase as the workers measured them (queue wait from publication to start).",
     ))
+    if data.time_use is not None:
+        parts += [f"<p>{escape(line)}</p>" for line in data.time_use.explain()]
     total = sum(data.time_totals.values()) or 1.0
     n = max(1, len(data.times))
     parts.append(_table(

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from pbt.analysis.report.data import PHASES, ReportData
 
 DPI = 110
+MAX_ROOTS = 16  # lineage roots named one by one in the objective plot's legend
 _PHASE_COLORS = {
     "queue_wait": "#9e9e9e",
     "checkpoint_load": "#1f77b4",
@@ -45,14 +46,6 @@ def root_colors(data: ReportData) -> dict[str, tuple[float, float, float, float]
     order = list(dict.fromkeys(data.roots[s.trial] for s in data.series))
     cmap = mpl.colormaps["tab10" if len(order) <= 10 else "tab20"]
     return {root: cmap(i % cmap.N) for i, root in enumerate(order)}
-
-
-def _surviving_roots(data: ReportData) -> list[str]:
-    """Roots with a descendant among the latest trials: the lineages that won the population."""
-    latest: dict[object, str] = {}
-    for node in data.nodes:
-        latest[node.row] = node.trial
-    return list(dict.fromkeys(data.roots[t] for t in latest.values()))
 
 
 def objective_figure(data: ReportData) -> Figure:
@@ -80,7 +73,7 @@ def objective_figure(data: ReportData) -> Figure:
     else:
         bottom.set_axis_off()
     bottom.set_xlabel("lineage step (steps the model has trained, across copies)")
-    handles = [Line2D([], [], color=colors[r], label=f"root {r}") for r in _surviving_roots(data)[:8]]
+    handles, title = _root_handles(data, colors)
     handles += [
         Line2D([], [], color="black", linewidth=2.2, label="best lineage"),
         Line2D([], [], marker="v", linestyle="", markerfacecolor="white", markeredgecolor="black",
@@ -88,8 +81,30 @@ def objective_figure(data: ReportData) -> Figure:
     ]
     if any(s.status not in ("completed", "stopped") for s in data.series):
         handles.append(Line2D([], [], color="grey", linestyle="--", label="running / failed (partial)"))
-    top.legend(handles=handles, loc="best", fontsize=8, title="surviving lineages", title_fontsize=8)
+    # Beside the plot, not on it: with a population's worth of roots it would hide the curves.
+    top.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title=title,
+               title_fontsize=8, alignment="left")
     return fig
+
+
+def _root_handles(data: ReportData, colors, limit: int = MAX_ROOTS) -> tuple[list[Line2D], str]:
+    """A legend entry per lineage root, survivors first, each saying how far its lineage got.
+
+    Past ``limit`` roots the rest share one entry; a study without population members (every
+    trial its own root) gets none.
+    """
+    if data.row_label != "member" or not data.root_fates:
+        return [], "trials"
+    handles = []
+    for fate in data.root_fates[:limit]:
+        what = "survives" if fate.survives else f"died out at step {fate.last_step}"
+        handles.append(Line2D([], [], color=colors[fate.root], label=f"{fate.root}: {what}"))
+    rest = data.root_fates[limit:]
+    if rest:
+        handles.append(Line2D([], [], color="0.6", label=f"{len(rest)} more roots, died out by step "
+                              f"{max(f.last_step for f in rest)}"))
+    alive = sum(f.survives for f in data.root_fates)
+    return handles, f"lineages by root ({alive} of {len(data.root_fates)} survive)"
 
 
 def _draw_objective(ax, data: ReportData, colors, f) -> None:
@@ -119,6 +134,31 @@ def _draw_objective(ax, data: ReportData, colors, f) -> None:
         ax.plot(bx, by, color="black", linewidth=2.2, zorder=4)
     ax.autoscale_view()
     ax.grid(alpha=0.3)
+
+
+def front_figure(data: ReportData) -> Figure:
+    """Two objectives: every completed trial as a point, the Pareto front joined and marked."""
+    (mx, modex), (my, modey) = data.objectives[:2]
+    fig = Figure(figsize=(7.5, 5.0), dpi=DPI)
+    ax = fig.subplots()
+    others = [p for p in data.points if not p.on_front]
+    front = sorted(data.front, key=lambda p: p.values[0])
+    if others:
+        ax.scatter([p.values[0] for p in others], [p.values[1] for p in others], s=14, color="0.65",
+                   label="completed trials", zorder=2)
+    if front:
+        xs, ys = [p.values[0] for p in front], [p.values[1] for p in front]
+        ax.plot(xs, ys, color="tab:red", lw=1.2, drawstyle="steps-post" if modey == "min" else "steps-pre",
+                zorder=3)
+        ax.scatter(xs, ys, s=36, color="tab:red", edgecolor="black", lw=0.6, label="Pareto front", zorder=4)
+        for p in front[:15]:
+            ax.annotate(p.trial, (p.values[0], p.values[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"{mx} ({modex}imise)")
+    ax.set_ylabel(f"{my} ({modey}imise)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def schedule_figure(data: ReportData) -> Figure:
@@ -222,7 +262,7 @@ def tree_figure(data: ReportData) -> Figure:
 
 def times_figure(data: ReportData) -> Figure:
     """Where the time went: study totals per phase, and each trial's phases stacked."""
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1, 2.2])
     total = sum(data.time_totals.values()) or 1.0
     names = list(PHASES)
@@ -234,7 +274,7 @@ def times_figure(data: ReportData) -> Figure:
     left.invert_yaxis()
     left.set_xlim(0, max([*vals, 1e-9]) * 1.6)
     left.set_xlabel("seconds, all trials")
-    left.set_title("total per phase", fontsize=9)
+    left.set_title("total per phase (queue wait: published → started)", fontsize=9)
     numbers, stacks = _binned_times(data, names)
     bottom = np.zeros(len(numbers))
     width = (numbers[1] - numbers[0]) if len(numbers) > 1 else 1.0
@@ -255,8 +295,9 @@ def times_figure(data: ReportData) -> Figure:
     right.set_title("per trial, summed over attempts" + (" (averaged per bin)" if width > 1 else ""), fontsize=9)
     h1, l1 = right.get_legend_handles_labels()
     h2, l2 = wait.get_legend_handles_labels()
-    right.legend(h1 + h2, l1 + l2, fontsize=8, ncols=3, loc="upper right")
-    right.set_ylim(0, max(bottom.max(initial=0) * 1.35, 1e-6))
+    # Below the panels, where no bar or line can run into it.
+    fig.legend(h1 + h2, l1 + l2, fontsize=8, ncols=len(l1) + len(l2), loc="outside lower center")
+    right.set_ylim(0, max(bottom.max(initial=0) * 1.05, 1e-6))
     right.grid(axis="y", alpha=0.3)
     return fig
 

@@ -83,6 +83,9 @@ class BayesianOptimization(FromScratch):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
+        if len(spec.objectives) > 1:
+            raise ValueError("bayes optimises one objective; give `objective` a single {metric, mode} "
+                             "(several objectives: use pbt, which ranks by Pareto dominance)")
         self.optuna = _import_optuna()
         self.num_trials = self.resolve_num_trials(self.options.num_trials)
         self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)
@@ -96,11 +99,8 @@ class BayesianOptimization(FromScratch):
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         count = 0
-        dummy: list[Suggestion] = []  # room_for counts what this call already promised
-        while count < k and len(trials) + count < self.num_trials:
-            if not self.room_for(trials, dummy, self.steps_per_trial):
-                break
-            dummy.append(Suggestion(params={}, steps=self.steps_per_trial))
+        room = self.room(trials)
+        while count < k and len(trials) + count < self.num_trials and room.take(self.steps_per_trial):
             count += 1
         if count == 0:
             return []  # no Optuna study to build: the common call once the budget is spent

@@ -57,8 +57,9 @@ class GridSearch(FromScratch):
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         out: list[Suggestion] = []
+        room = self.room(trials)
         for point in self.points[len(trials) : len(trials) + k]:
-            if not self.room_for(trials, out, self.steps_per_trial):
+            if not room.take(self.steps_per_trial):
                 break
             out.append(Suggestion(params=point, steps=self.steps_per_trial))
         return out

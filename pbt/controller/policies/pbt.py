@@ -10,7 +10,10 @@ The population has ``population_size`` members. A member whose trial has ended i
   it continues from its own checkpoint with the same hyperparameters.
 
 Failed or stopped trials never become parents; their member copies a winner. With fewer
-workers than members ("budget mode"), the ready member that has trained least goes first.
+workers than members ("budget mode"), the ready member that has trained least goes first, so
+members stay at comparable training progress. Tournament opponents come from the initiator's
+last ``window_generations`` generations; truncation ranks the members at the same generation
+and so decides a generation once all of it has ended (:class:`~pbt.controller.evolution.Truncation`).
 Every trial trains ``steps_per_trial`` steps; the study ends when the step or trial budget
 would be exceeded.
 """
@@ -23,6 +26,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pbt.controller.evolution import (
+    Fitness,
+    ParetoFitness,
     Population,
     Reproduction,
     Tournament,
@@ -46,7 +51,9 @@ class PBTOptions(Options):
     resample_probability: float = Field(default=0.25, ge=0, le=1)
     explore_on_win: bool = Field(default=False, description="also perturb a member that won its tournament")
     fitness_weights: dict[str, float] | None = Field(
-        default=None, description="fitness = Σ weight×metric instead of the objective"
+        default=None,
+        description="fitness = Σ weight×metric instead of the objective; with several objectives and no "
+        "weights, members are ranked by Pareto dominance",
     )
 
     @model_validator(mode="after")
@@ -65,35 +72,40 @@ class PBT(Policy):
         super().__init__(spec)
         o = self.options
         self.selection = (
-            Tournament(o.window_generations) if o.selection == "tournament" else Truncation(o.truncation_fraction)
+            Tournament(o.window_generations) if o.selection == "tournament"
+            else Truncation(o.truncation_fraction, o.population_size)
         )
         self.reproduction = Reproduction(self.space, o.perturb_factors, o.resample_probability)
-        self._fitness = (
-            weighted_fitness(o.fitness_weights) if o.fitness_weights else objective_fitness(self.objective.sign())
-        )
-
-    def fitness(self, trial: Trial) -> float:
-        return self._fitness(trial)
+        if o.fitness_weights:
+            self.fitness_model: Fitness = weighted_fitness(o.fitness_weights)
+        elif len(spec.objectives) > 1:
+            self.fitness_model = ParetoFitness(tuple(spec.objectives))
+        else:
+            self.fitness_model = objective_fitness(self.objective.sign())
 
     def _population(self, trials: Sequence[Trial]) -> Population:
-        return Population(TrialView.of(trials), self.fitness)
+        return Population(TrialView.of(trials), self.fitness_model)
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
-        if k <= 0:
-            return []
+        steps = self.options.steps_per_trial
+        room = self.room(trials)
+        if k <= 0 or not room.fits(steps):
+            return []  # O(1) once the budget is spent, however large the population
         population = self._population(trials)
         rng = self.rng(trials)
-        steps = self.options.steps_per_trial
         # Members are started in index order, so the ones without a trial are a contiguous tail.
         fresh = range(len(population.latest), self.options.population_size)
-        ended = sorted(population.view.ready.values(), key=lambda t: (t.lineage_steps, t.number))
         out: list[Suggestion] = []
         for member in fresh:
-            if len(out) >= k or not self.room_for(trials, out, steps):
+            if len(out) >= k or not room.take(steps):
                 return out
             out.append(Suggestion(params=sample_params(self.space, rng), steps=steps, member=member))
-        for initiator in ended:
-            if len(out) >= k or not self.room_for(trials, out, steps):
+        for initiator in population.view.ready_in_order():
+            if len(out) >= k:
+                break
+            if not self.selection.ready(initiator, population):
+                continue
+            if not room.take(steps):
                 break
             out.append(self._reproduce(initiator, population, rng, steps))
         return out

@@ -2,9 +2,11 @@
 
 Each trial draws its hyperparameters from the prior and trains from scratch for its share of
 the budget (``total_steps / num_trials``), as the paper's baselines do. With
-``median_stopping`` it also answers ``early_stop`` the way Vizier's default automated stopping
+``median_stopping`` it also stops trials early the way Vizier's default automated stopping
 does: a running trial whose latest intermediate objective is worse than the median of the
-other trials' objectives at the same step is stopped.
+completed trials' objectives at the same step is stopped. In deterministic ordering the
+completed trials are those the policy had seen when the trial was created, so the same seed
+stops the same trials in every run (:meth:`~pbt.controller.policy.Policy.peers`).
 
 Read this file first if you are writing a policy: it is the whole interface, used plainly.
 """
@@ -18,7 +20,7 @@ from pydantic import Field
 
 from pbt.controller.policy import FromScratch, Options
 from pbt.space import sample_params
-from pbt.trial import Suggestion, Trial, TrialStatus
+from pbt.trial import Suggestion, Trial
 
 
 class RandomOptions(Options):
@@ -39,32 +41,29 @@ class RandomSearch(FromScratch):
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         rng = self.rng(trials)
+        room = self.room(trials)
         out: list[Suggestion] = []
-        while len(out) < k and len(trials) + len(out) < self.num_trials:
-            if not self.room_for(trials, out, self.steps_per_trial):
-                break
+        while len(out) < k and len(trials) + len(out) < self.num_trials and room.take(self.steps_per_trial):
             out.append(Suggestion(params=sample_params(self.space, rng), steps=self.steps_per_trial))
         return out
 
-    def early_stop(self, trials: Sequence[Trial]) -> list[str]:
-        if not self.options.median_stopping:
-            return []
-        finished = [t for t in trials if t.usable]
-        if len(finished) < self.options.min_completed_for_stopping:
-            return []
-        stop = []
-        for trial in trials:
-            if trial.status is not TrialStatus.RUNNING or not trial.metrics:
-                continue
-            latest = trial.metrics[-1]
-            value = latest.values.get(self.objective.metric)
-            peers = [_value_at(t, latest.step, self.objective.metric) for t in finished]
-            peers = [v for v in peers if v is not None]
-            if value is None or len(peers) < self.options.min_completed_for_stopping:
-                continue
-            if self.objective.better(statistics.median(peers), value):
-                stop.append(trial.id)
-        return stop
+    def should_stop(self, trial: Trial, trials: Sequence[Trial]) -> str | None:
+        """Median stopping: worse than the median of its :meth:`peers` at the same step."""
+        if not self.options.median_stopping or not trial.metrics:
+            return None
+        latest = trial.metrics[-1]
+        value = latest.values.get(self.objective.metric)
+        if value is None:
+            return None
+        peers = [_value_at(t, latest.step, self.objective.metric) for t in self.peers(trial, trials)]
+        peers = [v for v in peers if v is not None]
+        if len(peers) < self.options.min_completed_for_stopping:
+            return None
+        median = statistics.median(peers)
+        if not self.objective.better(median, value):
+            return None
+        return (f"{self.objective.metric} {value:.6g} at step {latest.step} is worse than the median "
+                f"{median:.6g} of {len(peers)} completed trials at that step")
 
 
 def _value_at(trial: Trial, step: int, metric: str) -> float | None:

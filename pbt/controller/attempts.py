@@ -1,0 +1,212 @@
+"""The life cycle of trial attempts: publish, retry, leases, lost messages, early stops.
+
+An *attempt* is one publication of a trial to the executor. Its task is published only after
+the trial's record is durable (:meth:`Attempts.send` runs after the ledger's flush), so a
+published task always has a record. Each attempt holds a lease: a trial that neither reports
+nor heartbeats for ``execution.lease_seconds`` is re-published. ``attempts`` on the record
+counts publications; ``failures`` counts attempts that failed or whose worker went silent after
+it had started. A message the broker lost before any worker ran it (a Redis restart, FLUSHALL)
+is re-published without costing an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from pbt.controller.ledger import Ledger
+from pbt.controller.policy import EarlyStopDecision
+from pbt.spec import StudySpec
+from pbt.tasks.executor import Executor
+from pbt.trial import Progress, Trial, TrialResult, TrialStatus, TrialTask
+
+log = logging.getLogger("pbt.controller")
+
+FALLBACK_DEPTH = 3  # older lineage checkpoints a worker may fall back to
+
+
+class Attempts:
+    """The attempts in flight, at most one per trial."""
+
+    def __init__(
+        self, spec: StudySpec, executor: Executor, ledger: Ledger, storage_uri: str, clock: Callable[[], float]
+    ) -> None:
+        self.spec = spec
+        self.executor = executor
+        self.ledger = ledger
+        self.storage_uri = storage_uri
+        self.clock = clock
+        self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
+        self.last_seen: dict[str, float] = {}
+        self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
+        self.stop_sent: set[str] = set()
+        self.outbox: list[TrialTask] = []
+        self.last_lease_check = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    def resume(self, trial: Trial) -> None:
+        """A trial left in flight by a previous controller."""
+        if self.executor.survives_controller:
+            self.tasks[trial.id] = task = self.task(trial, trial.attempts)
+            self.executor.adopt(task)
+            self.last_seen[trial.id] = self.clock()  # give the running attempt a lease to report in
+        else:
+            self.publish(trial)
+
+    def publish(self, trial: Trial) -> Trial:
+        """Queue a new attempt; :meth:`send` submits it once its record is durable."""
+        # A new attempt waits for a worker again: nobody is running it yet.
+        trial = self.ledger.update(trial, attempts=trial.attempts + 1, status=TrialStatus.PENDING, worker=None)
+        self.reported.discard(trial.id)
+        self.tasks[trial.id] = task = self.task(trial, trial.attempts)
+        self.last_seen[trial.id] = self.clock()
+        self.outbox.append(task)
+        return trial
+
+    def send(self) -> None:
+        """Submit what :meth:`publish` queued (call after the ledger's flush)."""
+        outbox, self.outbox = self.outbox, []
+        for task in outbox:
+            if self.tasks.get(task.trial_id) is task:  # not superseded or finished meanwhile
+                self.executor.submit(task)
+
+    # Events ---------------------------------------------------------------------------------
+
+    def on_progress(self, trial: Trial, p: Progress) -> None:
+        self.last_seen[trial.id] = self.clock()
+        current = p.attempt == trial.attempts
+        if current:
+            self.reported.add(trial.id)
+        self.ledger.record_progress(trial, p, current)
+
+    def on_result(self, trial: Trial, r: TrialResult) -> Trial | None:
+        """Retry a failed attempt that may succeed again; else end the trial. Returns the ended trial."""
+        self.last_seen[trial.id] = self.clock()
+        retry = r.status is TrialStatus.FAILED and r.retryable
+        if retry and r.attempt != trial.attempts:
+            return None  # a superseded attempt failed; the current one is still running
+        if retry and trial.failures + 1 < self.spec.execution.max_attempts:
+            log.warning("trial %s attempt %d failed, retrying: %s", trial.id, r.attempt, first_line(r.error))
+            trial = self.ledger.update(trial, timings=trial.timings.add(r.timings), worker=r.worker, error=r.error,
+                                       failures=trial.failures + 1)
+            self.publish(trial)
+            return None
+        trial = self.ledger.record_result(trial, r, self.clock())
+        self.tasks.pop(trial.id, None)
+        self.last_seen.pop(trial.id, None)
+        if r.status is TrialStatus.FAILED:
+            log.warning("trial %s failed: %s", trial.id, first_line(r.error))
+        return trial
+
+    # Leases and stops -----------------------------------------------------------------------
+
+    def check_leases(self) -> list[Trial]:
+        """Re-publish attempts silent for longer than their lease; returns trials that ended."""
+        now = self.clock()
+        if now - self.last_lease_check < min(1.0, self.spec.execution.heartbeat_seconds):
+            return []  # O(in-flight) work: not on every tick
+        self.last_lease_check = now
+        lease = self.spec.execution.lease_seconds
+        expired = [self.tasks[i] for i, seen in self.last_seen.items() if now - seen > lease and i in self.tasks]
+        if not expired:
+            return []
+        held = self.executor.in_broker(expired)
+        ended = []
+        for task in expired:
+            trial = self.ledger.get(task.trial_id)
+            if trial is None:
+                continue
+            if task.trial_id in held:
+                self.last_seen[task.trial_id] = now  # still queued: not lost, just waiting for a worker
+            elif task.trial_id not in self.reported:
+                # The broker lost the message before any worker ran it (a Redis restart or
+                # FLUSHALL): publish again; this is not the trial's fault and costs no attempt.
+                log.warning("trial %s: attempt %d vanished from the broker; re-publishing", trial.id, trial.attempts)
+                self.publish(trial)
+            elif trial.failures + 1 >= self.spec.execution.max_attempts:
+                result = self.on_result(trial, TrialResult(
+                    study=trial.study, trial_id=trial.id, attempt=trial.attempts, status=TrialStatus.FAILED,
+                    error=f"worker went silent for {lease:g}s on attempt {trial.attempts}; attempts exhausted",
+                    finished_at=now,
+                ))
+                if result is not None:
+                    ended.append(result)
+            else:
+                log.warning("trial %s: worker silent for %.0fs, re-publishing (attempt %d)", trial.id, lease,
+                            trial.attempts + 1)
+                self.publish(self.ledger.update(trial, failures=trial.failures + 1))
+        return ended
+
+    def stop(self, decisions: Iterable[EarlyStopDecision]) -> None:
+        """Ask the executor to stop these running trials (once each), recording why."""
+        for decision in decisions:
+            task = self.tasks.get(decision.trial_id)
+            if task is None or decision.trial_id in self.stop_sent:
+                continue
+            self.stop_sent.add(decision.trial_id)
+            trial = self.ledger.get(decision.trial_id)
+            if trial is not None:
+                stop = {"stop_reason": decision.reason}
+                if decision.step is not None:
+                    stop["stop_step"] = decision.step
+                self.ledger.update(trial, metadata={**trial.metadata, **stop})
+            self.executor.stop(task)
+
+    def abandon(self, reason: str) -> None:
+        """The study ends now: stop every attempt in flight and record its trial as stopped."""
+        for trial_id, task in list(self.tasks.items()):
+            self.executor.stop(task)
+            trial = self.ledger.get(trial_id)
+            if trial is not None and not trial.status.terminal:
+                self.ledger.update(trial, status=TrialStatus.STOPPED, error=f"the study ended: {reason}",
+                                   finished_at=self.clock())
+        self.tasks.clear()
+        self.last_seen.clear()
+        self.outbox.clear()
+
+    # Tasks ----------------------------------------------------------------------------------
+
+    def task(self, trial: Trial, attempt: int) -> TrialTask:
+        """The message for one attempt of ``trial``: everything a worker needs, nothing more."""
+        execution = self.spec.execution
+        return TrialTask(
+            study=self.spec.name,
+            trial_id=trial.id,
+            number=trial.number,
+            attempt=attempt,
+            params=trial.params,
+            steps=trial.steps,
+            start_lineage_steps=trial.start_lineage_steps,
+            parent=trial.parent,
+            parent_checkpoint=trial.parent_checkpoint,
+            fallback_checkpoints=self._fallbacks(trial),
+            storage=self.storage_uri,
+            trainer=self.spec.trainer.path,
+            trainer_config=self.spec.trainer.config,
+            objective_metric=self.spec.objective.metric,
+            further_objective_metrics=[o.metric for o in self.spec.further_objectives],
+            seed=self.spec.seed,
+            checkpoint_every=execution.checkpoint_every,
+            evaluate_every_checkpoint=execution.evaluate_every_checkpoint,
+            published_at=self.clock(),
+            heartbeat_seconds=execution.heartbeat_seconds,
+            lease_seconds=execution.lease_seconds,
+        )
+
+    def _fallbacks(self, trial: Trial) -> list[str]:
+        """Older checkpoints along the lineage, tried in order if the parent's fails to verify."""
+        out: list[str] = []
+        node = self.ledger.get(trial.parent)
+        node = self.ledger.get(node.parent) if node else None
+        while node is not None and len(out) < FALLBACK_DEPTH:
+            if node.checkpoint and not node.checkpoint_deleted:
+                out.append(node.checkpoint)
+            node = self.ledger.get(node.parent)
+        return out
+
+
+def first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
