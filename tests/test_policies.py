@@ -26,20 +26,22 @@ from pbt.testing.policies import Simulator as ContractSimulator
 from pbt.testing.policies import kept_by_gc
 from pbt.trial import MetricReport, Trial, TrialStatus
 
-# Every parameter type, both numeric scales, integer- and float-valued discrete parameters.
+# Every parameter type, both numeric scales, integer- and float-valued discrete parameters, one immutable.
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "scale": "log"},
     "h0": {"type": "float", "low": 0.0, "high": 1.0},
     "layers": {"type": "int", "low": 1, "high": 8},
-    "width": {"type": "int", "low": 16, "high": 512, "scale": "log"},
+    "width": {"type": "int", "low": 16, "high": 512, "scale": "log", "mutable": False},  # fixed along a lineage
     "batch": {"type": "discrete", "values": [16, 32, 64]},
     "dropout": {"type": "discrete", "values": [0.0, 0.25, 0.5]},
     "act": {"type": "categorical", "values": ["relu", "gelu", "tanh"]},
 }
 
 
-def contract_spec(algorithm: dict[str, Any], mode: str = "max", parameters: Sequence[str] = tuple(SPACE)) -> StudySpec:
-    data = toy_data(budget={"total_steps": 120}, objective={"metric": "q", "mode": mode})
+def contract_spec(algorithm: dict[str, Any], mode: str = "max", parameters: Sequence[str] = tuple(SPACE),
+                  objective: Any = None) -> StudySpec:
+    data = toy_data(budget={"total_steps": 120})
+    data["objective"] = objective or {"metric": "q", "mode": mode}
     data["parameters"] = {name: SPACE[name] for name in parameters}
     data["algorithm"] = algorithm
     return parse_spec(data, check_trainer=False)
@@ -81,17 +83,31 @@ class TestPBTExploreOnWin(TournamentKnownFailures):
         return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "explore_on_win": True}})
 
 
-class TestPBTFitnessWeights(TournamentKnownFailures):
-    extra_metrics = ("aux",)
+class FitnessOtherThanTheObjectiveKnownFailures(TournamentKnownFailures):
+    """PBT's best (its fitness) is not the collector's best (the primary objective): the
+    fallback parent may not be kept at all. Rare in generated histories (about one in a
+    hundred), so not strict; test_weighted_best_outside_the_window_is_not_kept_by_gc
+    reproduces it every time."""
 
-    @pytest.mark.xfail(strict=False, reason="rare in generated histories; "
-                       "test_weighted_best_outside_the_window_is_not_kept_by_gc reproduces it every time")
+    @pytest.mark.xfail(strict=False, reason="PBT's fallback parent is its best by fitness, the collector keeps "
+                       "the best by objective (rare here; the directed test is strict)")
     def test_parents_were_kept_by_every_earlier_gc(self, request, spec, make_policy) -> None:
         super().test_parents_were_kept_by_every_earlier_gc(request, spec, make_policy)
+
+
+class TestPBTFitnessWeights(FitnessOtherThanTheObjectiveKnownFailures):
+    extra_metrics = ("aux",)
 
     @pytest.fixture
     def spec(self) -> StudySpec:
         return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "fitness_weights": {"q": 1.0, "aux": -0.5}}})
+
+
+class TestPBTParetoObjectives(FitnessOtherThanTheObjectiveKnownFailures):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        objectives = [{"metric": "q", "mode": "max"}, {"metric": "size", "mode": "min"}]
+        return contract_spec({"name": "pbt", "options": PBT_OPTIONS}, objective=objectives)
 
 
 class TestRandomSearch(PolicyContract):
@@ -116,8 +132,8 @@ class TestGridSearch(PolicyContract):
 class TestBayesianOptimization(PolicyContract):
     # Each call fits a Gaussian process: few, short histories on a smaller space (one parameter
     # of each type) keep this class to seconds; more completions reach the GP phase sooner.
-    max_examples = 5
-    rounds = 8
+    max_examples = 4
+    rounds = 6
     max_k = 3
     outcomes = ("complete", "complete", "run", "wait", "fail", "nan", "stop")
 

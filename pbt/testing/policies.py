@@ -130,8 +130,8 @@ class History:
 
 
 def metric_names(spec: StudySpec, extra: Sequence[str] = ()) -> list[str]:
-    """The objective first, then the other metrics trials report."""
-    return list(dict.fromkeys([spec.objective.metric, *extra]))
+    """The primary objective first, then the study's other objectives and metrics trials report."""
+    return list(dict.fromkeys([*(o.metric for o in spec.objectives), *extra]))
 
 
 # Metric values are quarter steps in [-5, 5]: ties are frequent (tie-breaking must be
@@ -423,6 +423,11 @@ class PolicyContract:
     def test_parents_are_usable_trials(self, request: Request, spec: StudySpec, make_policy: PolicyFactory) -> None:
         self.for_histories(request, spec, make_policy, check_parents_are_usable)
 
+    def test_immutable_parameters_are_inherited(
+        self, request: Request, spec: StudySpec, make_policy: PolicyFactory
+    ) -> None:
+        self.for_histories(request, spec, make_policy, check_immutable_parameters_are_inherited)
+
     def test_parents_were_kept_by_every_earlier_gc(
         self, request: Request, spec: StudySpec, make_policy: PolicyFactory
     ) -> None:
@@ -516,6 +521,22 @@ def check_parents_are_usable(history: History, make_policy: PolicyFactory) -> No
                                   f"objective {parent.objective}"
             assert parent.checkpoint and not parent.checkpoint_deleted, \
                 f"call {call.index}: parent {parent.id}'s checkpoint was garbage-collected"
+
+
+def check_immutable_parameters_are_inherited(history: History, make_policy: PolicyFactory) -> None:
+    """A warm-started trial keeps its parent's value of every ``mutable: false`` parameter
+    (an architecture choice the parent's weights were trained for)."""
+    fixed = [name for name, p in history.spec.parameters.items() if not p.mutable]
+    for call in history.calls:
+        by_id = {t.id: t for t in call.seen}
+        for s in call.suggestions:
+            parent = by_id.get(s.parent) if s.parent else None
+            if parent is None:
+                continue
+            for name in fixed:
+                assert s.params[name] == parent.params[name], (
+                    f"call {call.index}: {name} went from {parent.params[name]!r} ({parent.id}) to {s.params[name]!r}"
+                )
 
 
 def check_parents_were_kept(history: History, make_policy: PolicyFactory) -> None:
