@@ -7,7 +7,12 @@ import shutil
 
 import pytest
 
-from pbt.testing import RedisServer, ping
+# --- the contract suites (pbt.testing) -------------------------------------------------------------
+# Their assertions live in the package, not in test files: have pytest rewrite them too, so a
+# failing property shows its values. (Must run before pbt.testing is imported.)
+pytest.register_assert_rewrite("pbt.testing")
+
+from pbt.testing import RedisServer, ping  # noqa: E402
 
 # --- Redis (distributed tests) -----------------------------------------------------------------
 

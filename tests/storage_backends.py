@@ -1,7 +1,9 @@
-"""Storage back ends for the behavioural suites (``test_object_store.py``, ``test_checkpoints.py``).
+"""Storage back ends for pbt's own storage tests, and S3 fault injection.
 
-Every contract test runs against ``file://`` (a folder in ``tmp_path``) and ``s3://`` (a fresh
-bucket on a moto server), so the two back ends cannot drift apart.
+The behavioural suites live in :mod:`pbt.testing.storage`; ``test_object_store.py`` and
+``test_checkpoints.py`` run them against ``file://`` (a folder in ``tmp_path``) and ``s3://`` (a
+fresh bucket on a moto server) through :func:`open_backend`, so the two back ends cannot drift
+apart. ``test_study_store.py`` uses the same back ends.
 
 The moto server is a ``ThreadedMotoServer`` running in a *child process*, started once per test
 session on a free port and shared by every S3 test. A separate process is what production looks
@@ -19,7 +21,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import hashlib
 import io
 import os
 import re
@@ -43,11 +44,9 @@ from botocore.retries.standard import ExponentialBackoff
 from pbt.storage.base import ObjectStore
 from pbt.storage.local import LocalObjectStore
 from pbt.storage.s3 import S3ObjectStore, S3Settings, reset_clients
+from pbt.testing.storage import PART, MiB, payload_version, versioned_payload, write_random_file  # noqa: F401 - sb.*
 
 KINDS = ("file", "s3")
-MiB = 1 << 20
-# S3's real minimum part size: the suites use it so multipart is exercised exactly as on AWS.
-PART = 5 * MiB
 # Never printed anywhere by pbt: tests assert it appears in no error message.
 SECRET = "pbt-test-SECRET-do-not-print-0123456789"
 
@@ -156,38 +155,6 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch, scale: float = 0.01) -> None:
     """Shrink botocore's back-off delays (not its decisions): retry tests take milliseconds."""
     original = ExponentialBackoff.delay_amount
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, ctx: scale * original(self, ctx))
-
-
-# --- payloads that prove their own integrity ----------------------------------------------------
-
-
-def versioned_payload(version: int, size: int) -> bytes:
-    """``size`` bytes that encode ``version`` everywhere: any mix of two versions is detectable."""
-    block = hashlib.sha256(f"v{version}".encode()).digest() * 2048  # 64 KiB, distinct per version
-    body = (block * (size // len(block) + 1))[:size]
-    header = f"{version:012d}".encode()
-    return header + body[len(header) :] if size >= len(header) else body
-
-
-def payload_version(data: bytes, size: int) -> int:
-    """The version ``data`` encodes; AssertionError if it is torn, truncated or mixed."""
-    assert len(data) == size, f"read {len(data)} bytes, expected {size}"
-    version = int(data[:12])
-    assert data == versioned_payload(version, size), f"bytes of version {version} are mixed or corrupt"
-    return version
-
-
-def write_random_file(path: Path, size: int, seed: int = 0) -> Path:
-    """Write ``size`` pseudo-random bytes in 1 MiB pieces (never the whole file in memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        left, i = size, 0
-        while left:
-            piece = hashlib.sha256(f"{seed}-{i}".encode()).digest() * (MiB // 32)
-            f.write(piece[: min(left, MiB)])
-            left -= min(left, MiB)
-            i += 1
-    return path
 
 
 # --- fault injection --------------------------------------------------------------------------

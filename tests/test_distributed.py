@@ -1,28 +1,48 @@
 """Distributed studies on real Redis with real ``celery worker`` processes, under fire.
 
-Workers are SIGKILLed mid-trial, the controller is killed and restarted, Redis is restarted
-with nothing on disk, a worker gets SIGTERM as on spot preemption; every time the study must
-finish with each trial recorded exactly once and in-flight work resumed from its checkpoints.
+:class:`pbt.testing.ExecutorContract` runs here over Celery (as in ``test_embedded_study.py``
+over the embedded executor): the same seed gives the embedded study, workers are SIGKILLed
+mid-trial, the controller is killed and restarted, trainers raise, hang and diverge, a second
+controller is refused. What only a broker can go through follows: Redis restarted with nothing
+on disk, a worker SIGTERMed as on spot preemption, a password-protected TLS Redis. Every time the
+study must finish with each trial recorded exactly once and in-flight work resumed from its
+checkpoints.
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import redis
 from helpers import toy_data
-from test_embedded_study import assert_complete_and_once
 
-from pbt.testing import RedisServer, Workers, kill_group, pbt, pbt_background, status, wait_for, write_study
+from pbt.testing import (
+    ExecutorContract,
+    RedisServer,
+    Workers,
+    kill_group,
+    pbt,
+    pbt_background,
+    status,
+    wait_for,
+    write_study,
+)
+from pbt.testing.executors import CeleryRunner, assert_complete_and_once
 
 pytestmark = pytest.mark.slow
 
-FAST = {"heartbeat_seconds": 0.5, "lease_seconds": 4}
-WORKER_ENV = {"PBT_VISIBILITY_TIMEOUT": "30", "PBT_UNACKED_RESTORE_INTERVAL": "2"}
+FAST = CeleryRunner.FAST
+WORKER_ENV = CeleryRunner.WORKER_ENV
+
+
+class TestCeleryExecutor(ExecutorContract):
+    @pytest.fixture
+    def runner(self, redis_url: str, tmp_path: Path):
+        runner = CeleryRunner(redis_url, tmp_path, workers=2)
+        yield runner
+        runner.close()
 
 
 @pytest.fixture
@@ -53,78 +73,6 @@ def running(study: str, storage: str, max_step: int, on: Workers | None = None, 
     return None
 
 
-def test_distributed_study_matches_the_embedded_run(tmp_path, workers):
-    workers.start(2)
-    study = study_file(tmp_path, workers, budget={"total_steps": 240})
-    assert pbt("run", str(study), "--storage", str(tmp_path / "celery"), "-q").returncode == 0
-    embedded = pbt("run", str(study), "--storage", str(tmp_path / "embedded"), "--broker", "", "-q",
-                   env={"PBT_BROKER_URL": ""})
-    assert embedded.returncode == 0, embedded.stderr
-    a, b = status("toy", str(tmp_path / "celery")), status("toy", str(tmp_path / "embedded"))
-    assert_complete_and_once(a)
-    assert a["best"]["objective"] == b["best"]["objective"] and a["best"]["id"] == b["best"]["id"]
-    assert [(t["params"], t["parent"]) for t in a["trials"]] == [(t["params"], t["parent"]) for t in b["trials"]]
-    assert {t["worker"].split(" ")[0] for t in a["trials"]} == set(workers.procs)  # both workers took trials
-
-
-def test_workers_sigkilled_mid_trial_lose_at_most_one_checkpoint_interval(tmp_path, workers):
-    names = workers.start(2)
-    study = study_file(tmp_path, workers, budget={"total_steps": 160},
-                       algorithm={"options": {"steps_per_trial": 8}},
-                       trainer={"config": {"lr": 0.01, "sleep_per_step": 0.15}},
-                       execution={"checkpoint_every": 2})
-    storage = str(tmp_path / "runs")
-    controller = pbt_background("run", str(study), "--storage", storage, "-q", log=tmp_path / "controller.log")
-    victims = []
-    try:
-        for _ in range(3):
-            victim = wait_for(lambda: running("toy", storage, 4, workers), 60, interval=0.2, what="a trial in progress")
-            owner = next(n for n in workers.procs if victim["worker"].startswith(n))
-            beat = redis.Redis.from_url(workers.broker).get(f"pbt:toy:alive:{victim['id']}")
-            step_at_kill = json.loads(beat)["step"] if beat else victim["steps_done"]
-            workers.kill(owner)  # SIGKILL main process and pool child together
-            victims.append((victim, step_at_kill))
-            names = workers.start(1)
-        assert controller.wait(timeout=180) == 0, (tmp_path / "controller.log").read_text()
-    finally:
-        kill_group(controller)
-    data = status("toy", storage)
-    assert_complete_and_once(data)
-    assert all(t["status"] == "completed" for t in data["trials"])
-    assert sum(t["steps_done"] for t in data["trials"]) == 160  # nothing counted twice
-    for victim, step in victims:
-        after = data["trials"][victim["number"]]
-        assert after["attempts"] >= 2, after
-        # The new attempt resumed from the last in-trial checkpoint: at most checkpoint_every lost.
-        assert after["resumed_from_step"] is not None and after["resumed_from_step"] >= step - 2, (after, step)
-    assert names
-
-
-def test_controller_killed_and_restarted_resumes_without_rerunning(tmp_path, workers):
-    workers.start(2)
-    study = study_file(tmp_path, workers, budget={"total_steps": 192},
-                       trainer={"config": {"lr": 0.01, "sleep_per_step": 0.05}}, execution={"checkpoint_every": 2})
-    storage = str(tmp_path / "runs")
-    controller = pbt_background("run", str(study), "--storage", storage, "-q")
-    wait_for(lambda: running("toy", storage, 99) and len(status("toy", storage)["trials"]) > 12, 60,
-             interval=0.3, what="the study to get going")
-    kill_group(controller)  # the workers keep running the tasks they hold
-    before = status("toy", storage)
-    time.sleep(1)
-    again = pbt("run", str(study), "--storage", storage, "-q", timeout=180)
-    assert again.returncode == 0, again.stderr
-    after = status("toy", storage)
-    assert_complete_and_once(after)
-    assert sum(t["steps_done"] for t in after["trials"]) == 192
-    for t in before["trials"]:
-        if t["status"] == "completed":  # nothing finished is run again
-            assert after["trials"][t["number"]]["attempts"] == t["attempts"]
-    reference = pbt("run", str(study), "--storage", str(tmp_path / "ref"), "-q", timeout=180)
-    assert reference.returncode == 0
-    ref = status("toy", str(tmp_path / "ref"))
-    assert [(t["params"], t["parent"]) for t in after["trials"]] == [(t["params"], t["parent"]) for t in ref["trials"]]
-
-
 def test_redis_restart_loses_queued_and_unacked_messages_and_the_study_still_completes(tmp_path):
     server = RedisServer(tmp_path)
     server.start()
@@ -150,39 +98,6 @@ def test_redis_restart_loses_queued_and_unacked_messages_and_the_study_still_com
     finally:
         pool.stop_all()
         server.stop()
-
-
-def test_a_second_controller_is_refused(tmp_path, workers):
-    workers.start(1)
-    study = study_file(tmp_path, workers, trainer={"config": {"lr": 0.01, "sleep_per_step": 0.2}})
-    storage = str(tmp_path / "runs")
-    first = pbt_background("run", str(study), "--storage", storage, "-q", log=tmp_path / "first.log")
-    try:
-        wait_for(lambda: Path(storage, "toy", "journal").exists(), 60, what="the first controller to start")
-        second = pbt("run", str(study), "--storage", str(tmp_path / "elsewhere"), "-q")
-        assert second.returncode == 3
-        assert "already driven by another controller" in second.stderr and "pid" in second.stderr
-    finally:
-        kill_group(first)
-
-
-def test_trainers_that_raise_hang_or_diverge_fail_with_their_reason(tmp_path, workers):
-    workers.start(2)
-    study = study_file(tmp_path, workers, budget={"total_steps": 96},
-                       trainer={"config": {"lr": 0.01, "fail_above": 0.85, "nan_above": 0.6, "hang_above": 0.8}},
-                       execution={"max_attempts": 2, "trial_timeout": 2})
-    proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "-q", timeout=240)
-    assert proc.returncode == 0, proc.stderr
-    data = status("toy", str(tmp_path / "runs"))
-    assert_complete_and_once(data)
-    errors = {t["id"]: t["error"] for t in data["trials"] if t["status"] == "failed"}
-    assert any("told to fail" in e for e in errors.values())
-    assert any("not finite" in e for e in errors.values())
-    assert any("TimeLimit" in e for e in errors.values()), errors
-    for t in data["trials"]:
-        if t["status"] == "failed" and "not finite" not in t["error"]:
-            assert t["failures"] == 2  # bounded retries
-    assert any(t["status"] == "completed" for t in data["trials"])
 
 
 def test_sigterm_saves_the_trial_and_hands_it_to_another_worker(tmp_path, workers):

@@ -1,76 +1,160 @@
 """Every policy honours the interface contract; PBT's parts behave as the paper describes.
 
-The contract suite runs over every built-in policy (add new ones to POLICIES): determinism
-for a seed, at most k suggestions, budget respected, values inside the space, parents only
-among usable trials, and an empty answer once the budget is spent.
+The contract is :class:`pbt.testing.PolicyContract` (hypothesis-generated histories of
+completed, failed, NaN, stopped and running trials, any parallelism; plus whole in-memory
+studies). It runs below over every built-in policy and option mix, on a search space with every
+parameter type: add a class per new policy or option that changes a decision path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
-from helpers import Simulator, best_q, toy_spec
+from helpers import Simulator, best_q, toy_data, toy_spec
 
 from pbt.controller.evolution import Population, Tournament, Truncation, objective_fitness
 from pbt.controller.policies import make_policy
 from pbt.controller.policies.pbt import PBT
 from pbt.controller.view import TrialView
-from pbt.trial import Trial, TrialStatus
+from pbt.spec import StudySpec
+from pbt.study_file import parse_spec
+from pbt.testing import PolicyContract
+from pbt.testing.policies import Simulator as ContractSimulator
+from pbt.testing.policies import kept_by_gc
+from pbt.trial import MetricReport, Trial, TrialStatus
 
-POLICIES = {
+# Every parameter type, both numeric scales, integer- and float-valued discrete parameters, one immutable.
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "scale": "log"},
+    "h0": {"type": "float", "low": 0.0, "high": 1.0},
+    "layers": {"type": "int", "low": 1, "high": 8},
+    "width": {"type": "int", "low": 16, "high": 512, "scale": "log", "mutable": False},  # fixed along a lineage
+    "batch": {"type": "discrete", "values": [16, 32, 64]},
+    "dropout": {"type": "discrete", "values": [0.0, 0.25, 0.5]},
+    "act": {"type": "categorical", "values": ["relu", "gelu", "tanh"]},
+}
+
+
+def contract_spec(algorithm: dict[str, Any], mode: str = "max", parameters: Sequence[str] = tuple(SPACE),
+                  objective: Any = None) -> StudySpec:
+    data = toy_data(budget={"total_steps": 120})
+    data["objective"] = objective or {"metric": "q", "mode": mode}
+    data["parameters"] = {name: SPACE[name] for name in parameters}
+    data["algorithm"] = algorithm
+    return parse_spec(data, check_trainer=False)
+
+
+PBT_OPTIONS = {"population_size": 4, "steps_per_trial": 4}
+
+# Found by the contract suite (issue 9), left as it is: pbt's behaviour does not change here.
+BEST_OUTSIDE_THE_WINDOW = (
+    "a failed member whose tournament window holds no usable trial copies the study's best "
+    "(Tournament -> Population.best_usable), which parent_candidates (the window) may leave out; "
+    "only the controller's own 'keep the best trial' root keeps that checkpoint"
+)
+
+
+class TournamentKnownFailures(PolicyContract):
+    """Tournament selection keeps every property but one, which it is known to break."""
+
+    @pytest.mark.xfail(strict=True, reason=BEST_OUTSIDE_THE_WINDOW)
+    def test_parents_were_parent_candidates_at_every_earlier_gc(self, request, spec, make_policy) -> None:
+        super().test_parents_were_parent_candidates_at_every_earlier_gc(request, spec, make_policy)
+
+
+class TestPBTTournament(TournamentKnownFailures):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": PBT_OPTIONS})
+
+
+class TestPBTTruncation(PolicyContract):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "selection": "truncation"}}, mode="min")
+
+
+class TestPBTExploreOnWin(TournamentKnownFailures):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "explore_on_win": True}})
+
+
+class FitnessOtherThanTheObjectiveKnownFailures(TournamentKnownFailures):
+    """PBT's best (its fitness) is not the collector's best (the primary objective): the
+    fallback parent may not be kept at all. Rare in generated histories (about one in a
+    hundred), so not strict; test_weighted_best_outside_the_window_is_not_kept_by_gc
+    reproduces it every time."""
+
+    @pytest.mark.xfail(strict=False, reason="PBT's fallback parent is its best by fitness, the collector keeps "
+                       "the best by objective (rare here; the directed test is strict)")
+    def test_parents_were_kept_by_every_earlier_gc(self, request, spec, make_policy) -> None:
+        super().test_parents_were_kept_by_every_earlier_gc(request, spec, make_policy)
+
+
+class TestPBTFitnessWeights(FitnessOtherThanTheObjectiveKnownFailures):
+    extra_metrics = ("aux",)
+
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "fitness_weights": {"q": 1.0, "aux": -0.5}}})
+
+
+class TestPBTParetoObjectives(FitnessOtherThanTheObjectiveKnownFailures):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        objectives = [{"metric": "q", "mode": "max"}, {"metric": "size", "mode": "min"}]
+        return contract_spec({"name": "pbt", "options": PBT_OPTIONS}, objective=objectives)
+
+
+class TestRandomSearch(PolicyContract):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "random", "options": {"num_trials": 20}})
+
+
+class TestRandomSearchWithMedianStopping(PolicyContract):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        options = {"num_trials": 20, "median_stopping": True, "min_completed_for_stopping": 2}
+        return contract_spec({"name": "random", "options": options}, mode="min")
+
+
+class TestGridSearch(PolicyContract):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "grid", "options": {"points_per_param": 2, "steps_per_trial": 4}})
+
+
+class TestBayesianOptimization(PolicyContract):
+    # Each call fits a Gaussian process: few, short histories on a smaller space (one parameter
+    # of each type) keep this class to seconds; more completions reach the GP phase sooner.
+    max_examples = 4
+    rounds = 6
+    max_k = 3
+    outcomes = ("complete", "complete", "run", "wait", "fail", "nan", "stop")
+
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        options = {"num_trials": 8, "n_startup_trials": 3}
+        return contract_spec({"name": "bayes", "options": options}, parameters=("lr", "layers", "batch", "act"))
+
+
+# --- PBT's parts on the toy problem ------------------------------------------------------------
+
+TOY_POLICIES = {
     "pbt-tournament": {"name": "pbt", "options": {"population_size": 6, "steps_per_trial": 4}},
-    "pbt-truncation": {"name": "pbt", "options": {"population_size": 6, "steps_per_trial": 4,
-                                                   "selection": "truncation"}},
     "random": {"name": "random", "options": {"num_trials": 30}},
-    "grid": {"name": "grid", "options": {"points_per_param": 3}},
-    "bayes": {"name": "bayes", "options": {"num_trials": 12, "n_startup_trials": 4}},
 }
 
 
 def spec_for(name: str, **over):
     spec = toy_spec(**over)
-    spec.algorithm = spec.algorithm.model_validate(POLICIES[name])
+    spec.algorithm = spec.algorithm.model_validate(TOY_POLICIES[name])
     return spec
-
-
-@pytest.fixture(params=sorted(POLICIES))
-def policy_name(request):
-    return request.param
-
-
-def test_same_seed_same_decisions(policy_name):
-    runs = [Simulator(make_policy(spec_for(policy_name, budget={"total_steps": 120}))).run(k=3) for _ in range(2)]
-    assert [(t.params, t.parent, t.steps) for t in runs[0]] == [(t.params, t.parent, t.steps) for t in runs[1]]
-    assert len(runs[0]) > 3
-
-
-def test_at_most_k_and_budget_respected(policy_name):
-    spec = spec_for(policy_name, budget={"total_steps": 120})
-    sim = Simulator(make_policy(spec))
-    for k in (1, 2, 5):
-        new = sim.policy.suggest(sim.trials, k)
-        assert len(new) <= k
-        for s in new:
-            sim.finish(sim.create(s))
-    trials = sim.run(k=4)
-    assert sum(t.steps for t in trials) <= 120
-    assert make_policy(spec).suggest(trials, 10) == []  # budget spent: nothing more
-
-
-def test_values_stay_in_the_space_and_parents_are_usable(policy_name):
-    sim = Simulator(make_policy(spec_for(policy_name, budget={"total_steps": 200})), fail={2, 7, 11})
-    trials = sim.run(k=3)
-    by_id = {t.id: t for t in trials}
-    space = sim.policy.space
-    for t in trials:
-        assert all(space[n].contains(v) for n, v in t.params.items())
-        if t.parent is not None:
-            assert by_id[t.parent].usable, f"{t.id} copied from unusable {t.parent}"
-
-
-def test_max_trials_budget(policy_name):
-    spec = spec_for(policy_name, budget={"total_steps": 10_000, "max_trials": 5})
-    assert len(Simulator(make_policy(spec)).run(k=2)) == 5
 
 
 def test_pbt_beats_random_search_on_the_toy_problem_at_equal_budget():
@@ -168,3 +252,40 @@ def test_parent_candidates_shrink_to_the_window():
     assert 0 < len(keep) < len([t for t in trials if t.usable]) / 3
     newest = max(t.generation for t in trials)
     assert all(t.generation >= newest - 3 for t in trials if t.id in keep)
+
+
+WEIGHTED_BEST_NOT_KEPT = (
+    "with fitness_weights, a failed member with an empty window copies PBT's best by weighted fitness, "
+    "but the collector keeps the best by objective: that parent's checkpoint may be collected (or being "
+    "deleted) when it is chosen, and which parent PBT picks then depends on when GC ran"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=WEIGHTED_BEST_NOT_KEPT)
+def test_weighted_best_outside_the_window_is_not_kept_by_gc():
+    """The rare history the contract's GC-safety property finds for weighted fitness, step by step."""
+    options = {"population_size": 2, "steps_per_trial": 4, "window_generations": 1,
+               "fitness_weights": {"q": 1.0, "aux": -1.0}}
+    spec = contract_spec({"name": "pbt", "options": options})
+    policy = make_policy(spec)
+    sim = ContractSimulator(policy, extra_metrics=("aux",))
+
+    def complete(trial: Trial, q: float, aux: float) -> None:
+        report = MetricReport(step=trial.steps, lineage_step=trial.lineage_steps + trial.steps,
+                              values={"q": q, "aux": aux})
+        sim.trials[trial.number] = trial.model_copy(update={
+            "status": TrialStatus.COMPLETED, "steps_done": trial.steps, "objective": q, "metrics": [report],
+            "checkpoint": f"toy/checkpoints/{trial.id}/final"})
+
+    a0, b0 = (sim.create(s) for s in policy.suggest(sim.trials, 2))
+    complete(a0, q=0.0, aux=-10.0)  # PBT's best: fitness 10
+    complete(b0, q=1.0, aux=10.0)  # the controller's best: objective 1
+    children = [sim.create(s) for s in policy.suggest(sim.trials, 2)]
+    assert {c.parent for c in children} == {a0.id}  # a0 won its tournament and b0 copied it
+    for child in children:
+        sim.trials[child.number] = child.model_copy(update={"status": TrialStatus.FAILED, "error": "boom"})
+    # Nothing in flight, no usable trial in the window: the collector keeps b0 alone.
+    kept = kept_by_gc(sim.trials, policy.parent_candidates(sim.trials), spec)
+    assert a0.id not in kept and b0.id in kept
+    new = policy.suggest(sim.trials, 2)
+    assert all(s.parent in kept for s in new if s.parent), [s.parent for s in new]

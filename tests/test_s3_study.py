@@ -14,7 +14,6 @@ import uuid
 import pytest
 import storage_backends as sb
 from helpers import toy_data
-from test_embedded_study import assert_complete_and_once
 
 from pbt.controller.policies import make_policy
 from pbt.lineage import ancestry, best_trial, lineage
@@ -22,6 +21,7 @@ from pbt.storage.checkpoints import CheckpointStore
 from pbt.storage.s3 import S3ObjectStore
 from pbt.study_file import parse_spec
 from pbt.testing import FaultyS3Proxy, Workers, kill_group, pbt, pbt_background, wait_for, write_study
+from pbt.testing.executors import assert_complete_and_once
 from pbt.trial import Trial
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,8 @@ are written on top of this one small interface, so their atomicity, checksums an
 collection are implemented once and behave the same on local disk and on S3. A back end only
 has to move bytes.
 
-Contract (checked by ``tests/test_object_store.py`` against every back end):
+Contract (checked by :class:`pbt.testing.ObjectStoreContract`, which ``tests/test_object_store.py``
+runs against every back end):
 
 * Keys are relative, '/'-separated, validated by :func:`pbt.storage.keys.validate_key`.
 * ``put_*`` is atomic per object: a concurrent reader sees the old object, or none, never a
