@@ -49,23 +49,7 @@ def contract_spec(algorithm: dict[str, Any], mode: str = "max", parameters: Sequ
 
 PBT_OPTIONS = {"population_size": 4, "steps_per_trial": 4}
 
-# Found by the contract suite (issue 9), left as it is: pbt's behaviour does not change here.
-BEST_OUTSIDE_THE_WINDOW = (
-    "a failed member whose tournament window holds no usable trial copies the study's best "
-    "(Tournament -> Population.best_usable), which parent_candidates (the window) may leave out; "
-    "only the controller's own 'keep the best trial' root keeps that checkpoint"
-)
-
-
-class TournamentKnownFailures(PolicyContract):
-    """Tournament selection keeps every property but one, which it is known to break."""
-
-    @pytest.mark.xfail(strict=True, reason=BEST_OUTSIDE_THE_WINDOW)
-    def test_parents_were_parent_candidates_at_every_earlier_gc(self, request, spec, make_policy) -> None:
-        super().test_parents_were_parent_candidates_at_every_earlier_gc(request, spec, make_policy)
-
-
-class TestPBTTournament(TournamentKnownFailures):
+class TestPBTTournament(PolicyContract):
     @pytest.fixture
     def spec(self) -> StudySpec:
         return contract_spec({"name": "pbt", "options": PBT_OPTIONS})
@@ -77,25 +61,13 @@ class TestPBTTruncation(PolicyContract):
         return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "selection": "truncation"}}, mode="min")
 
 
-class TestPBTExploreOnWin(TournamentKnownFailures):
+class TestPBTExploreOnWin(PolicyContract):
     @pytest.fixture
     def spec(self) -> StudySpec:
         return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "explore_on_win": True}})
 
 
-class FitnessOtherThanTheObjectiveKnownFailures(TournamentKnownFailures):
-    """PBT's best (its fitness) is not the collector's best (the primary objective): the
-    fallback parent may not be kept at all. Rare in generated histories (about one in a
-    hundred), so not strict; test_weighted_best_outside_the_window_is_not_kept_by_gc
-    reproduces it every time."""
-
-    @pytest.mark.xfail(strict=False, reason="PBT's fallback parent is its best by fitness, the collector keeps "
-                       "the best by objective (rare here; the directed test is strict)")
-    def test_parents_were_kept_by_every_earlier_gc(self, request, spec, make_policy) -> None:
-        super().test_parents_were_kept_by_every_earlier_gc(request, spec, make_policy)
-
-
-class TestPBTFitnessWeights(FitnessOtherThanTheObjectiveKnownFailures):
+class TestPBTFitnessWeights(PolicyContract):
     extra_metrics = ("aux",)
 
     @pytest.fixture
@@ -103,7 +75,7 @@ class TestPBTFitnessWeights(FitnessOtherThanTheObjectiveKnownFailures):
         return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "fitness_weights": {"q": 1.0, "aux": -0.5}}})
 
 
-class TestPBTParetoObjectives(FitnessOtherThanTheObjectiveKnownFailures):
+class TestPBTParetoObjectives(PolicyContract):
     @pytest.fixture
     def spec(self) -> StudySpec:
         objectives = [{"metric": "q", "mode": "max"}, {"metric": "size", "mode": "min"}]
@@ -254,16 +226,12 @@ def test_parent_candidates_shrink_to_the_window():
     assert all(t.generation >= newest - 3 for t in trials if t.id in keep)
 
 
-WEIGHTED_BEST_NOT_KEPT = (
-    "with fitness_weights, a failed member with an empty window copies PBT's best by weighted fitness, "
-    "but the collector keeps the best by objective: that parent's checkpoint may be collected (or being "
-    "deleted) when it is chosen, and which parent PBT picks then depends on when GC ran"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=WEIGHTED_BEST_NOT_KEPT)
-def test_weighted_best_outside_the_window_is_not_kept_by_gc():
-    """The rare history the contract's GC-safety property finds for weighted fitness, step by step."""
+def test_pbts_own_best_is_kept_by_gc_when_it_is_not_the_objectives_best():
+    """The rare history the contract's GC-safety property found for weighted fitness, step by step:
+    a failed member with an empty window copies PBT's best by weighted fitness, which the
+    collector's own "best by objective" root does not cover — so PBT names it a parent candidate.
+    (Before, the parent could be collected when chosen, and which parent PBT picked depended on
+    when GC ran.)"""
     options = {"population_size": 2, "steps_per_trial": 4, "window_generations": 1,
                "fitness_weights": {"q": 1.0, "aux": -1.0}}
     spec = contract_spec({"name": "pbt", "options": options})
@@ -284,8 +252,9 @@ def test_weighted_best_outside_the_window_is_not_kept_by_gc():
     assert {c.parent for c in children} == {a0.id}  # a0 won its tournament and b0 copied it
     for child in children:
         sim.trials[child.number] = child.model_copy(update={"status": TrialStatus.FAILED, "error": "boom"})
-    # Nothing in flight, no usable trial in the window: the collector keeps b0 alone.
+    # Nothing in flight, no usable trial in the window: PBT's best (a0) is a root beside the
+    # collector's best by objective (b0).
     kept = kept_by_gc(sim.trials, policy.parent_candidates(sim.trials), spec)
-    assert a0.id not in kept and b0.id in kept
+    assert a0.id in kept and b0.id in kept
     new = policy.suggest(sim.trials, 2)
     assert all(s.parent in kept for s in new if s.parent), [s.parent for s in new]

@@ -144,7 +144,13 @@ class PBT(Policy):
         )
 
     def parent_candidates(self, trials: Sequence[Trial]) -> set[str]:
+        """The selection's window, every member's latest usable trial, and PBT's own best (by its
+        fitness): the parent a failed member copies when its window holds nothing usable, which
+        need not be the controller's best by the primary objective (weighted or Pareto fitness)."""
         population = self._population(trials)
         keep = self.selection.window(population)
         keep.update(t.id for t in population.latest.values() if t.usable)
+        best = population.best_usable()
+        if best is not None:
+            keep.add(best.id)
         return keep
