@@ -444,3 +444,21 @@ def test_a_half_created_study_is_taken_over_by_the_corrected_file(tmp_path):
     _, ex, _ = make(tmp_path, execution={"parallelism": 1})
     assert ids(ex.submitted) == ["t000000"]
     assert store.read_spec()["seed"] == 0  # the spec it runs replaced the one with no trial
+
+
+def test_a_study_whose_workers_all_retired_for_their_environment_ends_after_some_silence(tmp_path):
+    c, ex, clock = make(tmp_path, execution={"parallelism": 2, "max_worker_failures": 50})
+    for trial_id in ("t000000", "t000001"):  # both workers fail for their environment, then retire
+        task = ex.task(trial_id)
+        ex._answer(TrialResult(study="toy", trial_id=trial_id, attempt=task.attempt, status=TrialStatus.FAILED,
+                               error="S3ConfigError: Unable to locate credentials", scope=FailureScope.WORKER,
+                               retryable=True))
+    tick(c, ex)
+    ex.held.update(ex.waiting)  # re-published: queued, and nobody takes them any more
+    for _ in range(10):
+        clock.advance(5)
+        snap = tick(c, ex)
+    assert not snap.finished  # a minute of patience: workers may still come
+    clock.advance(15)
+    snap = tick(c, ex)
+    assert snap.finished and snap.reason is EndReason.NO_WORKER and "retired" in snap.message

@@ -38,7 +38,8 @@ def test_a_study_whose_every_trial_fails_before_training_ends_in_seconds_with_ex
     out = __import__("json").loads(proc.stdout)
     assert out["outcome"] == "failed" and out["reason"] == "initial_failures" and out["exit_code"] == 1
     data = status("all-fail", str(tmp_path / "runs"))
-    assert len(data["trials"]) <= 12 and sum(t["status"] == "failed" for t in data["trials"]) == 8  # max(5, 2 × 4)
+    failed = sum(t["status"] == "failed" for t in data["trials"])
+    assert len(data["trials"]) <= 12 and 8 <= failed <= 12  # max(5, 2 × 4); results of one tick all count
     assert all(t["status"] in ("failed", "stopped") for t in data["trials"])
     assert data["state"]["outcome"] == "failed" and "toy trainer told to fail" in data["state"]["error"]
     view = pbt("status", "all-fail", "--storage", str(tmp_path / "runs"))

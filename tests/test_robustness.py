@@ -486,6 +486,14 @@ def bucket():
                 os.environ[k] = v
 
 
+def _exits(proc, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def test_workers_without_credentials_retire_and_the_study_ends_saying_why(tmp_path, broker, bucket):
     name, aws = bucket
     storage = f"s3://{name}/studies"
@@ -502,9 +510,10 @@ def test_workers_without_credentials_retire_and_the_study_ends_saying_why(tmp_pa
         data = json.loads(pbt("status", "toy", "--storage", storage, "--json").stdout)
         assert data["state"]["reason"] == "no_worker" and len(data["trials"]) <= 4  # no trial made for failures
         assert all(t["failures"] == 0 for t in data["trials"])
-        codes = [pool.procs[n].wait(timeout=60) for n in names]
-        assert codes == [5, 5], codes  # each retired, saying why
-        assert all("worker retiring" in pool.log(n) for n in names)
+        # A worker retires after three such failures in a row; the five the study took may have
+        # gone 3 + 2, so one worker may still be up: every one that exited retired, saying why.
+        retired = [n for n in names if pool.procs[n].poll() is not None or _exits(pool.procs[n], 20)]
+        assert retired and all(pool.procs[n].returncode == 5 and "worker retiring" in pool.log(n) for n in retired)
     finally:
         pool.stop_all()
 

@@ -16,7 +16,9 @@ the study at once, with the error and a non-zero exit:
   worker since (default ``max(10, 2 x parallelism)``): no worker can serve this study. Such
   failures do not cost the trial an attempt, and a worker retires itself after a few of them
   (``PBT_WORKER_MAX_ENV_FAILURES``), so the default lets a few sick workers among healthy ones
-  take themselves out before the study would end.
+  take themselves out before the study would end. When the last workers failed that way and none
+  has said anything since — every worker retired before the streak reached the limit — the
+  study ends after a few leases of silence (:meth:`FailureRules.stalled`).
 
 Together with the budget, which charges a failed trial the steps it was given, no trainer can
 make the controller create trials without bound.
@@ -70,6 +72,17 @@ class FailureRules:
                      f"{self.worker_streak} attempts in a row failed because of their workers' environment and none "
                      f"got past its worker since (execution.max_worker_failures = {limit}); the last: "
                      f"{first_line(result.error)}", result.error)
+
+    def stalled(self, silent_seconds: float) -> Abort | None:
+        """Workers failed for their environment and no worker has reported anything for
+        ``silent_seconds``: they retired, and nobody is left to serve the study."""
+        limit = max(60.0, 4 * self.execution.lease)
+        if self.worker_streak == 0 or silent_seconds < limit:
+            return None
+        return Abort(EndReason.NO_WORKER,
+                     f"the last {self.worker_streak} attempt(s) failed because of their workers' environment and "
+                     f"no worker has reported since ({silent_seconds:.0f} s): the workers retired; start workers "
+                     "that can serve this study, then `pbt resume` it")
 
     def check(self, trial: Trial, scope: FailureScope = FailureScope.TRIAL) -> Abort | None:
         """Whether the study must end now that ``trial`` has failed with this scope."""

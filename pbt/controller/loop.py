@@ -88,6 +88,7 @@ class Controller:
         self.exhausted = False  # the policy returned nothing at the latest decision point
         self.spec_written = False  # the study's spec is in storage (set by start and the first tick)
         self.started = clock()
+        self.last_heard = self.started  # when an event last arrived
 
     def run(self, max_seconds: float | None = None) -> Snapshot:
         """Drive the study until the policy has nothing more to do and nothing is in flight."""
@@ -115,6 +116,11 @@ class Controller:
         """Record ``events``, decide, then one durable write, then acknowledge and publish."""
         for event in events:
             self._handle(event)
+        now = self.clock()
+        if events:
+            self.last_heard = now
+        elif self.abort is None and self.attempts.in_flight:
+            self.abort = self.failures.stalled(now - self.last_heard)
         self.control.refresh()
         if self.abort is None:
             self._decide()
