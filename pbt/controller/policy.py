@@ -95,6 +95,13 @@ class Policy(ABC):
         self.budget = spec.budget
         self.options = self.Options.model_validate(spec.algorithm.options)
 
+    def check_imports(self) -> None:
+        """Import what the policy will need later (an optional library, a user's function) and
+        raise :class:`~pbt.errors.SpecError` naming the field when it cannot. Called when a study
+        file is loaded to be run, not when a stored study is only read (status, report), so
+        those work on a machine without them. Default: nothing to import."""
+        return None
+
     @abstractmethod
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""

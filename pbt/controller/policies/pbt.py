@@ -16,29 +16,39 @@ last ``window_generations`` generations; truncation ranks the members at the sam
 and so decides a generation once all of it has ended (:class:`~pbt.controller.evolution.Truncation`).
 Every trial trains ``steps_per_trial`` steps; the study ends when the step or trial budget
 would be exceeded.
+
+**Explore** (``explore``): ``perturb`` (default; ×``perturb_factors``, resampling with
+``resample_probability``), ``pb2`` (a time-varying GP bandit for numeric parameters,
+:mod:`pbt.controller.pb2`) or a user function ``package.module:function``
+(:mod:`pbt.controller.explore`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pbt.controller.evolution import (
     Fitness,
     ParetoFitness,
     Population,
     Reproduction,
+    ScalarFitness,
     Tournament,
     Truncation,
     objective_fitness,
     weighted_fitness,
 )
+from pbt.controller.explore import Explorer, Hook, Perturb, Session, check_rule, load_hook
+from pbt.controller.pb2 import PB2, import_sklearn
 from pbt.controller.policy import Options, Policy
 from pbt.controller.view import TrialView
+from pbt.importing import import_path
 from pbt.space import sample_params
-from pbt.trial import Suggestion, Trial
+from pbt.trial import MetricReport, Suggestion, Trial
 
 
 class PBTOptions(Options):
@@ -49,12 +59,28 @@ class PBTOptions(Options):
     truncation_fraction: float = Field(default=0.2, gt=0, le=0.5)
     perturb_factors: tuple[float, float] = (0.8, 1.2)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
-    explore_on_win: bool = Field(default=False, description="also perturb a member that won its tournament")
+    explore_on_win: bool = Field(
+        default=False, description="also explore (by the `explore` rule) a member that won its tournament"
+    )
     fitness_weights: dict[str, float] | None = Field(
         default=None,
         description="fitness = Σ weight×metric instead of the objective; with several objectives and no "
         "weights, members are ranked by Pareto dominance",
     )
+    explore: str = Field(
+        default="perturb",
+        description="`perturb` (factors and resampling), `pb2` (GP bandit for numeric parameters; needs "
+                    "scikit-learn: `pip install 'pbt[pb2]'`) or `package.module:function` (see Explore)",
+    )
+    pb2_window: int = Field(default=32, ge=4, description="pb2: the most recent intervals its GP is fitted to")
+
+    @field_validator("explore", mode="before")
+    @classmethod
+    def _explore(cls, v: Any) -> Any:
+        """A function given from Python becomes its import path, as a trainer does."""
+        if callable(v):
+            v = import_path(v)
+        return check_rule(v) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _factors(self) -> PBTOptions:
@@ -82,6 +108,37 @@ class PBT(Policy):
             self.fitness_model = ParetoFitness(tuple(spec.objectives))
         else:
             self.fitness_model = objective_fitness(self.objective.sign())
+        self.explorer = self._explorer(o.explore)
+
+    def _explorer(self, rule: str) -> Explorer:
+        if rule == "perturb":
+            return Perturb(self.reproduction)
+        if rule == "pb2":
+            if not isinstance(self.fitness_model, ScalarFitness):
+                raise ValueError("explore: pb2 models the improvement of one number: with several objectives, "
+                                 "give fitness_weights (or use explore: perturb)")
+            return PB2(self.space, self.reproduction, self.fitness_model, self.report_fitness,
+                       self.options.pb2_window)
+        return Hook(rule, self.space)
+
+    def check_imports(self) -> None:
+        """Resolve what exploring will import: scikit-learn for ``pb2``, the user's function for a hook."""
+        if isinstance(self.explorer, PB2):
+            import_sklearn()
+        elif isinstance(self.explorer, Hook):
+            load_hook(self.explorer.path)
+
+    def report_fitness(self, report: MetricReport) -> float:
+        """The scalar fitness an evaluation shows (larger is better): the weighted sum, else the
+        (first) objective; −∞ when a value is missing or not finite."""
+        weights = self.options.fitness_weights or {self.objective.metric: self.objective.sign()}
+        total = 0.0
+        for name, weight in weights.items():
+            value = report.values.get(name)
+            if value is None or not math.isfinite(value):
+                return -math.inf
+            total += weight * value
+        return total
 
     def _population(self, trials: Sequence[Trial]) -> Population:
         return Population(TrialView.of(trials), self.fitness_model)
@@ -100,6 +157,7 @@ class PBT(Policy):
             if len(out) >= k or not room.take(steps):
                 return out
             out.append(Suggestion(params=sample_params(self.space, rng), steps=steps, member=member))
+        session: Session | None = None
         for initiator in population.view.ready_in_order():
             if len(out) >= k:
                 break
@@ -107,14 +165,16 @@ class PBT(Policy):
                 continue
             if not room.take(steps):
                 break
-            out.append(self._reproduce(initiator, population, rng, steps))
+            if session is None:  # one per call: PB2 fits its model once, and sees the children it chose
+                session = self.explorer.session(population.view)
+            out.append(self._reproduce(initiator, population, rng, steps, session))
         return out
 
-    def _reproduce(self, initiator: Trial, population: Population, rng, steps: int) -> Suggestion:
+    def _reproduce(self, initiator: Trial, population: Population, rng, steps: int, session: Session) -> Suggestion:
         child_generation = initiator.generation + 1
         parent = self.selection.choose_parent(initiator, population, rng)
         if parent is not None:  # exploit, then explore
-            params = self.reproduction.explore(dict(parent.params), rng)
+            params = session.explore(parent, rng)
             return Suggestion(
                 params=params,
                 steps=steps,
@@ -126,7 +186,7 @@ class PBT(Policy):
         if initiator.usable:  # won: keep training
             params = dict(initiator.params)
             if self.options.explore_on_win:
-                params = self.reproduction.explore(params, rng)
+                params = session.explore(initiator, rng)
             return Suggestion(
                 params=params,
                 steps=steps,
