@@ -21,14 +21,33 @@ would be exceeded.
 ``resample_probability``), ``pb2`` (a time-varying GP bandit for numeric parameters,
 :mod:`pbt.controller.pb2`) or a user function ``package.module:function``
 (:mod:`pbt.controller.explore`).
+
+**Early stopping** (``early_stop``, off by default). Each intermediate evaluation of a running
+trial (every ``execution.checkpoint_every`` steps) is compared with the rest of the population
+*at comparable training progress*: for every other member, the evaluation at the same lineage
+step ``L`` — or, when it has none there, its latest one in ``(L − steps_per_trial, L]``, which
+trained less and so can only make the rule more cautious — taken from the member's last few
+trials that existed when the trial was created (:meth:`~pbt.controller.policy.Policy.peers`'s
+rule: they are final, so a seed stops the same trials at the same steps in every run, whatever
+the workers' speed). Completed trials count, and trials stopped early with their evaluations
+up to the stop. When at least ``min_peers`` members have such a value and the trial's fitness
+is below their ``quantile`` (0.25: worse than three in four), it is stopped: it is charged the
+steps up to that evaluation, and its member is decided at once — a stopped trial is not usable,
+so it loses its tournament and copies the opponent (truncation: a member of the top fraction,
+once its generation has ended), exactly as a failed trial's member does. Evaluations in a
+trial's first ``grace_steps`` steps are not judged (a child that just changed hyperparameters
+may dip before it improves); a non-finite evaluation is worse than any value. Needs
+intermediate evaluations: ``execution.checkpoint_every`` below ``steps_per_trial``.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pbt.controller.evolution import (
@@ -48,7 +67,21 @@ from pbt.controller.policy import Options, Policy
 from pbt.controller.view import TrialView
 from pbt.importing import import_path
 from pbt.space import sample_params
-from pbt.trial import MetricReport, Suggestion, Trial
+from pbt.trial import MetricReport, Suggestion, Trial, TrialStatus
+
+#: Trials of each other member, created before the judged one, searched for a comparable
+#: evaluation (newest first): a member's trial at the same lineage step is among its last few.
+PEER_TRIALS_PER_MEMBER = 4
+
+
+class EarlyStopOptions(Options):
+    quantile: float = Field(
+        default=0.25, gt=0, lt=1,
+        description="stop a trial whose fitness is below this quantile of the other members' at comparable "
+                    "progress (0.25: worse than three in four)",
+    )
+    min_peers: int = Field(default=3, ge=1, description="members with a comparable evaluation before any decision")
+    grace_steps: int = Field(default=0, ge=0, description="evaluations in a trial's first N steps are not judged")
 
 
 class PBTOptions(Options):
@@ -73,6 +106,10 @@ class PBTOptions(Options):
                     "scikit-learn: `pip install 'pbt[pb2]'`) or `package.module:function` (see Explore)",
     )
     pb2_window: int = Field(default=32, ge=4, description="pb2: the most recent intervals its GP is fitted to")
+    early_stop: EarlyStopOptions | None = Field(
+        default=None, description="stop trials clearly among the worst at comparable progress (off; `{}` or "
+                                  "`true`: the defaults below; see Early stopping)",
+    )
 
     @field_validator("explore", mode="before")
     @classmethod
@@ -82,11 +119,19 @@ class PBTOptions(Options):
             v = import_path(v)
         return check_rule(v) if isinstance(v, str) else v
 
+    @field_validator("early_stop", mode="before")
+    @classmethod
+    def _early_stop(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
+
     @model_validator(mode="after")
     def _factors(self) -> PBTOptions:
         lo, hi = self.perturb_factors
         if not (0 < lo < 1 < hi):
             raise ValueError("perturb_factors must be (down, up) with 0 < down < 1 < up")
+        if self.early_stop is not None and self.early_stop.min_peers > self.population_size - 1:
+            raise ValueError(f"early_stop.min_peers ({self.early_stop.min_peers}) must be below population_size "
+                             f"({self.population_size}): a trial is compared with the other members")
         return self
 
 
@@ -109,6 +154,16 @@ class PBT(Policy):
         else:
             self.fitness_model = objective_fitness(self.objective.sign())
         self.explorer = self._explorer(o.explore)
+        if o.early_stop is not None:
+            if not isinstance(self.fitness_model, ScalarFitness):
+                raise ValueError("early_stop compares one number at comparable progress: with several objectives, "
+                                 "give fitness_weights")
+            every = spec.execution.checkpoint_every
+            if every is None or every >= o.steps_per_trial or not spec.execution.evaluate_every_checkpoint:
+                raise ValueError(
+                    "early_stop judges intermediate evaluations: set execution.checkpoint_every below "
+                    f"steps_per_trial ({o.steps_per_trial}) and keep execution.evaluate_every_checkpoint on"
+                )
 
     def _explorer(self, rule: str) -> Explorer:
         if rule == "perturb":
@@ -141,7 +196,14 @@ class PBT(Policy):
         return total
 
     def _population(self, trials: Sequence[Trial]) -> Population:
-        return Population(TrialView.of(trials), self.fitness_model)
+        scalar = isinstance(self.fitness_model, ScalarFitness)
+        return Population(TrialView.of(trials), self.fitness_model, self.stopped_fitness if scalar else None)
+
+    def stopped_fitness(self, trial: Trial) -> float | None:
+        """The fitness a trial stopped early showed at the evaluation that stopped it, if finite."""
+        reports = _final_evaluations(trial) if not trial.usable else []
+        value = self.report_fitness(reports[-1]) if reports else None
+        return value if value is not None and math.isfinite(value) else None
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         steps = self.options.steps_per_trial
@@ -214,3 +276,70 @@ class PBT(Policy):
         if best is not None:
             keep.add(best.id)
         return keep
+
+    # Early stopping ---------------------------------------------------------------------------
+
+    def should_stop(self, trial: Trial, trials: Sequence[Trial]) -> str | None:
+        """Stop ``trial`` when its latest evaluation is clearly among the population's worst at
+        comparable progress (the module docstring's rule)."""
+        rule = self.options.early_stop
+        if rule is None or not trial.metrics or trial.member is None:
+            return None
+        latest = trial.metrics[-1]
+        if latest.step < rule.grace_steps or latest.step >= trial.steps:
+            return None
+        peers = self._comparable(trial, trials, latest.lineage_step)
+        if len(peers) < rule.min_peers:
+            return None
+        value = self.report_fitness(latest)
+        threshold = float(np.quantile(np.array(list(peers.values())), rule.quantile))
+        if not value < threshold:
+            return None
+        metric = self.objective.metric
+        shown = latest.values.get(metric)
+        shown_text = f"{metric} {shown:.6g}" if shown is not None else f"fitness {value:.6g}"
+        if self.options.fitness_weights:
+            threshold_text = f"{threshold:.6g} (fitness)"
+        else:
+            threshold_text = f"{self.objective.sign() * threshold:.6g}"
+        return (f"{shown_text} at lineage step {latest.lineage_step} is below the {rule.quantile:g} quantile "
+                f"{threshold_text} of {len(peers)} other members at comparable progress")
+
+    def _comparable(self, trial: Trial, trials: Sequence[Trial], lineage_step: int) -> dict[int, float]:
+        """Each other member's fitness at ``lineage_step`` or at most one interval before it, from
+        its trials that existed when ``trial`` was created (see :meth:`peers`)."""
+        view = TrialView.of(trials)
+        if self.spec.execution.ordering == "deterministic":
+            limit = min(int(trial.metadata.get("created_after", 0)), len(view))
+        else:
+            limit = len(view)
+        low = lineage_step - self.options.steps_per_trial
+        out: dict[int, float] = {}
+        for member in sorted(view.latest_by_member):
+            if member == trial.member:
+                continue
+            history = view.member_trials(member)
+            end = bisect.bisect_left(history, limit, key=lambda t: t.number)
+            best: tuple[int, int, float] | None = None  # (lineage step, trial number, fitness)
+            for t in reversed(history[max(0, end - PEER_TRIALS_PER_MEMBER):end]):
+                if t.id == trial.id or not (t.start_lineage_steps < lineage_step and t.lineage_steps > low):
+                    continue
+                for report in _final_evaluations(t):
+                    if low < report.lineage_step <= lineage_step:
+                        key = (report.lineage_step, t.number, self.report_fitness(report))
+                        if best is None or key[:2] > best[:2]:
+                            best = key
+            if best is not None and math.isfinite(best[2]):  # a diverged peer: no comparable value
+                out[member] = best[2]
+        return out
+
+
+def _final_evaluations(trial: Trial) -> list[MetricReport]:
+    """The evaluations of a trial whose record will not change: all of a usable trial's, those up
+    to the stop of a trial stopped early; none of a failed or running one's."""
+    if trial.usable:
+        return trial.metrics
+    stop = trial.metadata.get("stop_step")
+    if trial.status is TrialStatus.STOPPED and stop is not None:
+        return [m for m in trial.metrics if m.step <= int(stop)]
+    return []
