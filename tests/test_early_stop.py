@@ -246,6 +246,8 @@ def test_without_early_stop_nothing_is_stopped(tmp_path):
                      execution={"parallelism": 2, "checkpoint_every": 5})
     trials = run_study(tmp_path, spec, order_seed=0)
     assert not stops(trials) and len(trials) == 30
+    controller = Controller(spec, InMemoryExecutor(FakeClock()), LocalObjectStore(tmp_path / "c"), NoLease())
+    assert not controller.stopping.per_evaluation and not controller.stopping.per_tick  # no cost per evaluation
 
 
 def test_the_report_marks_stopped_trials_and_ends_them_at_their_stop(tmp_path):

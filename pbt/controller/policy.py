@@ -84,9 +84,15 @@ class Room:
 
 
 class Policy(ABC):
-    """Base class: subclasses implement :meth:`suggest`; the rest has safe defaults."""
+    """Base class: subclasses implement :meth:`suggest`; the rest has safe defaults.
+
+    ``stops_early``: whether the controller should ask :meth:`should_stop` / :meth:`early_stop`
+    at all; a policy whose early stopping is an option it was not given sets it False, so its
+    studies pay nothing per evaluation.
+    """
 
     Options: ClassVar[type[Options]] = Options
+    stops_early: bool = True
 
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec

@@ -154,6 +154,7 @@ class PBT(Policy):
         else:
             self.fitness_model = objective_fitness(self.objective.sign())
         self.explorer = self._explorer(o.explore)
+        self.stops_early = o.early_stop is not None
         if o.early_stop is not None:
             if not isinstance(self.fitness_model, ScalarFitness):
                 raise ValueError("early_stop compares one number at comparable progress: with several objectives, "
