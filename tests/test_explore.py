@@ -227,7 +227,15 @@ def test_an_explore_hook_gets_the_parents_values_the_space_and_a_seeded_generato
 def test_an_explore_hook_given_as_a_function_from_python_is_stored_as_its_path():
     import explore_hooks
 
+    from pbt.api import study_spec
+    from pbt.spec import StudySpec
+
     assert pbt_spec(explore_hooks.mirror).algorithm.options["explore"] == "explore_hooks:mirror"
+    data = toy_data()
+    data["algorithm"]["options"]["explore"] = explore_hooks.mirror
+    spec = study_spec(StudySpec(**data))  # what pbt.run does with a StudySpec built in Python
+    assert spec.algorithm.options["explore"] == "explore_hooks:mirror"
+    assert spec.public_dict()["algorithm"]["options"]["explore"] == "explore_hooks:mirror"
 
 
 @pytest.mark.parametrize(("path", "message"), [
