@@ -32,9 +32,13 @@ rule: they are final, so a seed stops the same trials at the same steps in every
 the workers' speed). Completed trials count, and trials stopped early with their evaluations
 up to the stop. When at least ``min_peers`` members have such a value and the trial's fitness
 is below their ``quantile`` (0.25: worse than three in four), it is stopped: it is charged the
-steps up to that evaluation, and its member is decided at once — a stopped trial is not usable,
-so it loses its tournament and copies the opponent (truncation: a member of the top fraction,
-once its generation has ended), exactly as a failed trial's member does. Evaluations in a
+steps up to that evaluation, and its member is decided at once: a stopped trial is not usable,
+so it loses its tournament, to an opponent of the window that beats the fitness it had at its
+stop (the window's best when none does; a random one could be older and worse) — truncation: a
+member of the top fraction, once its generation has ended. With every member in flight the
+trials fixed at a trial's creation are mostly the previous generation, an interval less
+trained: then only trials that got worse than where most of the population already was are
+stopped; in budget mode most trials have peers at the same step. Evaluations in a
 trial's first ``grace_steps`` steps are not judged (a child that just changed hyperparameters
 may dip before it improves); a non-finite evaluation is worse than any value. Needs
 intermediate evaluations: ``execution.checkpoint_every`` below ``steps_per_trial``.
