@@ -5,11 +5,14 @@ from __future__ import annotations
 
 
 def mirror(params, space, rng):
-    """A legitimate hook: reflect numbers inside their range, draw categories from ``rng``."""
+    """A legitimate hook: reflect numbers inside their range, draw categories from ``rng``, keep
+    what is not mutable."""
     child = {}
     for name, p in space.items():
         value = params[name]
-        if p.type == "float":
+        if not p.mutable:
+            child[name] = value
+        elif p.type == "float":
             child[name] = p.low + p.high - value
         elif p.type == "int":
             child[name] = int(p.low + p.high - value)
