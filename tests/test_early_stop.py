@@ -126,7 +126,9 @@ def test_early_stop_is_validated_when_the_study_file_loads():
         spec_with(objective=[{"metric": "q", "mode": "max"}, {"metric": "surrogate", "mode": "max"}])
     assert spec_with({**EARLY, "early_stop": True}).algorithm.options["early_stop"] == {}
     policy = make_policy(spec_with({**EARLY, "early_stop": True}))
-    assert (policy.options.early_stop.quantile, policy.options.early_stop.min_peers) == (0.25, 3)
+    assert (policy.options.early_stop.quantile, policy.min_peers) == (0.25, 3)
+    small = make_policy(spec_with({"population_size": 3, "steps_per_trial": 10, "early_stop": {}}))
+    assert small.min_peers == 2  # the other two members
 
 
 # --- whole studies through the controller ---------------------------------------------------------

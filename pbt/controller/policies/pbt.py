@@ -84,7 +84,11 @@ class EarlyStopOptions(Options):
         description="stop a trial whose fitness is below this quantile of the other members' at comparable "
                     "progress (0.25: worse than three in four)",
     )
-    min_peers: int = Field(default=3, ge=1, description="members with a comparable evaluation before any decision")
+    min_peers: int | None = Field(
+        default=None, ge=1,
+        description="members with a comparable evaluation before any decision (default: 3, or population_size − 1 "
+                    "if smaller)",
+    )
     grace_steps: int = Field(default=0, ge=0, description="evaluations in a trial's first N steps are not judged")
 
 
@@ -133,7 +137,8 @@ class PBTOptions(Options):
         lo, hi = self.perturb_factors
         if not (0 < lo < 1 < hi):
             raise ValueError("perturb_factors must be (down, up) with 0 < down < 1 < up")
-        if self.early_stop is not None and self.early_stop.min_peers > self.population_size - 1:
+        peers = self.early_stop.min_peers if self.early_stop is not None else None
+        if peers is not None and peers > self.population_size - 1:
             raise ValueError(f"early_stop.min_peers ({self.early_stop.min_peers}) must be below population_size "
                              f"({self.population_size}): a trial is compared with the other members")
         return self
@@ -159,6 +164,9 @@ class PBT(Policy):
             self.fitness_model = objective_fitness(self.objective.sign())
         self.explorer = self._explorer(o.explore)
         self.stops_early = o.early_stop is not None
+        self.min_peers = min(3, o.population_size - 1)
+        if o.early_stop is not None and o.early_stop.min_peers is not None:
+            self.min_peers = o.early_stop.min_peers
         if o.early_stop is not None:
             if not isinstance(self.fitness_model, ScalarFitness):
                 raise ValueError("early_stop compares one number at comparable progress: with several objectives, "
@@ -294,7 +302,7 @@ class PBT(Policy):
         if latest.step < rule.grace_steps or latest.step >= trial.steps:
             return None
         peers = self._comparable(trial, trials, latest.lineage_step)
-        if len(peers) < rule.min_peers:
+        if len(peers) < self.min_peers:
             return None
         value = self.report_fitness(latest)
         threshold = float(np.quantile(np.array(list(peers.values())), rule.quantile))
