@@ -18,9 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 COLORS = {"fixed": "tab:gray", "random": "tab:blue", "bayes": "tab:purple", "pbt5": "tab:orange",
-          "pbt20": "tab:red"}
+          "pbt20": "tab:red", "pbt4": "tab:brown", "pb2-4": "tab:green", "pbt8": "tab:pink", "pb2-8": "tab:olive",
+          "pbt8-es": "tab:cyan"}
 LABELS = {"fixed": "fixed lr (best grid point)", "random": "random search", "bayes": "Bayesian (GP)",
-          "pbt5": "PBT, population 5", "pbt20": "PBT, population 20"}
+          "pbt5": "PBT, population 5", "pbt20": "PBT, population 20", "pbt4": "PBT, population 4",
+          "pb2-4": "PB2, population 4", "pbt8": "PBT, population 8", "pb2-8": "PB2, population 8",
+          "pbt8-es": "PBT-8, early stopping"}
 PHASES = ("queue_wait", "checkpoint_load", "train", "evaluate", "checkpoint_save", "controller_cpu", "other_worker")
 
 

@@ -13,14 +13,38 @@ workers import the script by that name (with the same ``sys.path``), which runs 
 without its ``if __name__ == "__main__":`` block, as multiprocessing does. Objects from a
 notebook or an interactive session have no file to import: they are refused with a message
 saying where to put them.
+
+The other direction, a path back to its object, is :func:`import_object`: the one way a study
+file's import paths (a trainer, an explore hook) are resolved, with errors that name the field.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from pbt.errors import SpecError
+
+
+def import_object(path: str, field: str, example: str = "package.module:name") -> Any:
+    """The object ``"package.module:QualName"`` names; SpecError naming ``field``, which half failed and why."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise SpecError(f"{field}: {path!r} must look like {example!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the user's module raises on import
+        raise SpecError(f"{field}: cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SpecError(f"{field}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
 
 
 def import_path(obj: Any) -> str:

@@ -36,8 +36,9 @@ def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) 
 
     ``source`` names the data in messages (a file path, "the stored spec of X"). The algorithm's
     options are validated by its policy and stored back normalised (only the fields that were
-    set). ``check_trainer=False`` skips importing the trainer, for readers of a stored study
-    that will not train (status, report).
+    set). ``check_trainer=False`` skips importing the trainer and what the policy imports (an
+    explore hook, scikit-learn for PB2), for readers of a stored study that will not train
+    (status, report).
     """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
@@ -46,7 +47,7 @@ def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) 
     except ValidationError as exc:
         raise SpecError(f"{source} is invalid:\n{format_errors(exc)}") from None
     try:
-        options = validate_options(spec)
+        options = validate_options(spec, check_imports=check_trainer)
     except ValidationError as exc:
         raise SpecError(f"{source} is invalid:\n{format_errors(exc, 'algorithm.options.')}") from None
     except SpecError as exc:

@@ -88,7 +88,16 @@ def _default(field) -> str:
     return "**required**"
 
 
-def _rows(model: type[BaseModel], prefix: str, note_prefix: str | None = None) -> list[str]:
+def _nested(annotation: typing.Any) -> type[BaseModel] | None:
+    """The options model a field holds (``Model`` or ``Model | None``), if any."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _rows(model: type[BaseModel], prefix: str, note_prefix: str | None = None, nest: bool = False) -> list[str]:
+    """A row per field; with ``nest``, a field holding a model is followed by a row per field of it."""
     rows = []
     for name, field in model.model_fields.items():
         if field.exclude:
@@ -96,10 +105,13 @@ def _rows(model: type[BaseModel], prefix: str, note_prefix: str | None = None) -
         key = f"{note_prefix if note_prefix is not None else prefix}{name}"
         desc = field.description or NOTES.get(key, "")
         ann = field.annotation
-        kind = "mapping" if isinstance(ann, type) and issubclass(ann, BaseModel) else _type(ann)
+        inner = _nested(ann)
+        kind = "mapping" if inner is not None else _type(ann)
         if name == "parameters":
             kind = "mapping"
         rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {desc} |")
+        if nest and inner is not None:
+            rows += _rows(inner, f"{prefix}{name}.", f"{key}.", nest=True)
     return rows
 
 
@@ -113,7 +125,7 @@ def reference() -> str:
     for name in BUILTIN:
         options = policy_class(name).Options
         out += ["", f"#### `algorithm.options` for `{name}`", "", *head]
-        out += _rows(options, "", note_prefix=f"{name}.")
+        out += _rows(options, "", note_prefix=f"{name}.", nest=True)
     return "\n".join(out)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import Simulator, best_q, toy_data, toy_spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pbt.controller.evolution import Population, Tournament, Truncation, objective_fitness
 from pbt.controller.policies import make_policy
@@ -23,7 +25,7 @@ from pbt.spec import StudySpec
 from pbt.study_file import parse_spec
 from pbt.testing import PolicyContract
 from pbt.testing.policies import Simulator as ContractSimulator
-from pbt.testing.policies import kept_by_gc
+from pbt.testing.policies import drive, kept_by_gc, with_seed
 from pbt.trial import MetricReport, Trial, TrialStatus
 
 # Every parameter type, both numeric scales, integer- and float-valued discrete parameters, one immutable.
@@ -39,8 +41,8 @@ SPACE = {
 
 
 def contract_spec(algorithm: dict[str, Any], mode: str = "max", parameters: Sequence[str] = tuple(SPACE),
-                  objective: Any = None) -> StudySpec:
-    data = toy_data(budget={"total_steps": 120})
+                  objective: Any = None, execution: dict[str, Any] | None = None) -> StudySpec:
+    data = toy_data(budget={"total_steps": 120}, **({"execution": execution} if execution else {}))
     data["objective"] = objective or {"metric": "q", "mode": mode}
     data["parameters"] = {name: SPACE[name] for name in parameters}
     data["algorithm"] = algorithm
@@ -80,6 +82,70 @@ class TestPBTParetoObjectives(PolicyContract):
     def spec(self) -> StudySpec:
         objectives = [{"metric": "q", "mode": "max"}, {"metric": "size", "mode": "min"}]
         return contract_spec({"name": "pbt", "options": PBT_OPTIONS}, objective=objectives)
+
+
+class TestPBTPB2(PolicyContract):
+    # PB2 fits a Gaussian process at each call that explores: few, short histories on the
+    # numeric parameters (and one of each other kind), mostly completing, keep this to seconds.
+    max_examples = 5
+    rounds = 8
+    max_k = 3
+    outcomes = ("complete", "complete", "run", "wait", "fail", "nan", "stop")
+
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        options = {**PBT_OPTIONS, "explore": "pb2", "pb2_window": 8}
+        return contract_spec({"name": "pbt", "options": options}, parameters=("lr", "h0", "layers", "width", "act"))
+
+
+class TestPBTExploreHook(PolicyContract):
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": {**PBT_OPTIONS, "explore": "explore_hooks:mirror"}})
+
+
+EARLY_STOP = {**PBT_OPTIONS, "early_stop": {"min_peers": 2, "quantile": 0.5}}
+# More trials complete (peers) and run with an evaluation (judged): about one history in two stops one.
+STOPPING = ("complete", "complete", "run", "run", "wait", "fail", "nan", "stop")
+
+
+class TestPBTEarlyStop(PolicyContract):
+    outcomes = STOPPING
+
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": EARLY_STOP}, mode="min",
+                             execution={"parallelism": 4, "checkpoint_every": 1})
+
+    def test_generated_histories_do_stop_trials(self, spec: StudySpec) -> None:
+        """The properties above are not vacuous for early stopping: the histories stop trials."""
+        stops = stopped_in_histories(spec, examples=25, outcomes=self.outcomes)
+        assert stops >= 5, f"{stops} stops in 25 histories"
+
+
+class TestPBTEarlyStopTruncation(PolicyContract):
+    outcomes = STOPPING
+
+    @pytest.fixture
+    def spec(self) -> StudySpec:
+        return contract_spec({"name": "pbt", "options": {**EARLY_STOP, "selection": "truncation"}},
+                             execution={"parallelism": 4, "checkpoint_every": 2})
+
+
+def stopped_in_histories(spec: StudySpec, examples: int, outcomes: Sequence[str]) -> int:
+    """Trials ``early_stop`` named over ``examples`` generated histories of ``spec``'s policy."""
+    stops = []
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        seeded = with_seed(spec, data.draw(st.integers(0, 2**16)))
+        history = drive(make_policy(seeded), seeded, data.draw, outcomes=outcomes)
+        stops.append(sum(len(call.stopped) for call in history.calls))
+
+    run()
+    return sum(stops)
 
 
 class TestRandomSearch(PolicyContract):

@@ -109,10 +109,15 @@ class ParetoFitness:
 
 @dataclass(frozen=True)
 class Population:
-    """What selection may look at: the indexed trial view, each member's latest trial, fitness."""
+    """What selection may look at: the indexed trial view, each member's latest trial, fitness.
+
+    ``stopped_fitness``: the fitness a trial stopped early showed at the evaluation that stopped
+    it (None for any other trial); selection uses it to make a stopped member copy a better one.
+    """
 
     view: TrialView
     fitness: Fitness
+    stopped_fitness: Callable[[Trial], float | None] | None = None
 
     @property
     def latest(self) -> dict[int, Trial]:
@@ -140,6 +145,9 @@ class Tournament:
 
     The opponent is a usable trial, not the initiator itself, whose generation lies within
     ``generations`` of the initiator's. A failed initiator always loses (it cannot be a parent).
+    A trial stopped early loses too, to an opponent drawn among the window's trials whose fitness
+    beats the one it had at its stop (the best of the window when none does): a random opponent
+    could be an older, less trained trial, and copying it would throw progress away.
     """
 
     generations: int = 2
@@ -149,6 +157,9 @@ class Tournament:
 
     def choose_parent(self, initiator: Trial, population: Population, rng: np.random.Generator) -> Trial | None:
         view, low, high = population.view, initiator.generation - self.generations + 1, initiator.generation
+        stopped = population.stopped_fitness(initiator) if population.stopped_fitness else None
+        if stopped is not None:
+            return self._beats_stopped(initiator, population, low, high, stopped, rng)
         # Draw uniformly among the window's parent candidates other than the initiator, without
         # materialising the window: O(generations + log population) per decision.
         count = view.parents_count(low, high)
@@ -163,6 +174,20 @@ class Tournament:
         if not initiator.usable or population.fitness.beats(opponent, initiator, lambda: view.usable_in(low, high)):
             return opponent
         return None
+
+    def _beats_stopped(
+        self, initiator: Trial, population: Population, low: int, high: int, stopped: float, rng: np.random.Generator
+    ) -> Trial | None:
+        """A stopped initiator's parent: O(window) (the window is materialised), as stops are few."""
+        window = [t for t in population.view.usable_in(low, high) if t.id != initiator.id]
+        if not window:
+            return population.best_usable()
+        value = population.fitness
+        assert isinstance(value, ScalarFitness), "stopped_fitness is given with a scalar fitness only"
+        better = [t for t in window if value(t) > stopped]
+        if better:
+            return better[int(rng.integers(len(better)))]
+        return value.order(window)[0]
 
     def window(self, population: Population) -> set[str]:
         if not population.latest:

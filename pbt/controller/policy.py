@@ -84,9 +84,15 @@ class Room:
 
 
 class Policy(ABC):
-    """Base class: subclasses implement :meth:`suggest`; the rest has safe defaults."""
+    """Base class: subclasses implement :meth:`suggest`; the rest has safe defaults.
+
+    ``stops_early``: whether the controller should ask :meth:`should_stop` / :meth:`early_stop`
+    at all; a policy whose early stopping is an option it was not given sets it False, so its
+    studies pay nothing per evaluation.
+    """
 
     Options: ClassVar[type[Options]] = Options
+    stops_early: bool = True
 
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
@@ -94,6 +100,13 @@ class Policy(ABC):
         self.objective = spec.objective
         self.budget = spec.budget
         self.options = self.Options.model_validate(spec.algorithm.options)
+
+    def check_imports(self) -> None:
+        """Import what the policy will need later (an optional library, a user's function) and
+        raise :class:`~pbt.errors.SpecError` naming the field when it cannot. Called when a study
+        file is loaded to be run, not when a stored study is only read (status, report), so
+        those work on a machine without them. Default: nothing to import."""
+        return None
 
     @abstractmethod
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:

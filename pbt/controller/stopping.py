@@ -30,8 +30,9 @@ class EarlyStopping:
         self.ordering = ordering
         self.ledger = ledger
         self.attempts = attempts
-        self.per_evaluation = type(policy).should_stop is not Policy.should_stop
-        self.per_tick = not self.per_evaluation and type(policy).early_stop is not Policy.early_stop
+        overrides = type(policy).should_stop is not Policy.should_stop
+        self.per_evaluation = overrides and policy.stops_early
+        self.per_tick = not overrides and type(policy).early_stop is not Policy.early_stop and policy.stops_early
         self.judged: dict[str, int] = {}  # trial id -> how many of its metric reports were judged
 
     def on_progress(self, trial: Trial) -> None:

@@ -37,7 +37,8 @@ class TrialView(Sequence[Trial]):
     * ``ready`` — members whose newest trial has ended (the ones waiting for a decision), also
       in decision order (:meth:`ready_in_order`: least trained first);
     * ``running_by_generation`` — members' trials not ended yet, counted per generation;
-    * each member's trials in creation order (:meth:`member_trials`);
+    * each member's trials in creation order (:meth:`member_trials`), and every trial by id
+      (:meth:`get`);
     * per-generation lists of *parent candidates* — usable trials whose checkpoints still exist,
       kept sorted by trial number so a random pick is canonical (the same after a restart).
     """
@@ -52,6 +53,7 @@ class TrialView(Sequence[Trial]):
         self._member_trials_by_generation: dict[int, int] = defaultdict(int)
         self._members: dict[int, list[Trial]] = defaultdict(list)
         self._parents: dict[int, list[Trial]] = defaultdict(list)
+        self._by_id: dict[str, Trial] = {}
         for t in trials:
             self.append(t)
 
@@ -83,6 +85,7 @@ class TrialView(Sequence[Trial]):
 
     def _add(self, t: Trial) -> None:
         self.committed_steps += committed(t)
+        self._by_id[t.id] = t
         if t.member is not None:
             history = self._members[t.member]
             i = bisect.bisect_left(history, t.number, key=_number)
@@ -116,6 +119,10 @@ class TrialView(Sequence[Trial]):
         """Ready members' latest trials, least trained first (ties: oldest trial first)."""
         for _, _, member in self._ready_order:
             yield self.ready[member]
+
+    def get(self, trial_id: str | None) -> Trial | None:
+        """The trial with this id, as this view shows it; None if there is none."""
+        return self._by_id.get(trial_id) if trial_id is not None else None
 
     def member_trials(self, member: int) -> Sequence[Trial]:
         """The member's trials in creation order."""

@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pbt.controller.policies import make_policy as make_builtin_policy
-from pbt.controller.policy import Policy
+from pbt.controller.policy import EarlyStopDecision, Policy, as_decisions
 from pbt.controller.view import committed
 from pbt.lineage import best_trial
 from pbt.space import CategoricalParam, DiscreteParam, FloatParam, IntParam, Value, _Param
@@ -106,7 +106,7 @@ class Call:
     seen: list[Trial]  # the very list the policy was given (a copy of the study's records)
     seen_json: list[str]  # those records serialised before the policy saw them
     suggestions: list[Suggestion]
-    stopped: list[str]
+    stopped: list[EarlyStopDecision]  # early_stop's answer (a policy's bare ids normalised)
     candidates: set[str]
 
 
@@ -161,15 +161,17 @@ def _report(draw: Callable[..., Any], names: list[str], step: int, lineage: int,
     return MetricReport(step=step, lineage_step=lineage, values=values)
 
 
-def _create(trials: list[Trial], s: Suggestion, study: str) -> Trial:
-    """The record the controller writes for a suggestion (see ``Controller._create``)."""
+def _create(trials: list[Trial], s: Suggestion, study: str, created_after: int) -> Trial:
+    """The record the controller writes for a suggestion (see ``Controller._decide``), with
+    ``metadata.created_after``: how many trials the policy had seen, which early stopping's peers
+    (:meth:`~pbt.controller.policy.Policy.peers`) are drawn from."""
     number = len(trials)
     parent = next((t for t in trials if t.id == s.parent), None) if s.parent else None
     return Trial(
         id=f"t{number:06d}", study=study, number=number, params=s.params, parent=s.parent,
         parent_checkpoint=parent.checkpoint if parent else None, member=s.member, generation=s.generation,
         steps=s.steps, start_lineage_steps=parent.lineage_steps if parent else 0, status=TrialStatus.PENDING,
-        attempts=1, metadata=dict(s.metadata),
+        attempts=1, metadata={**s.metadata, "created_after": created_after},
     )
 
 
@@ -265,11 +267,11 @@ def drive(
         seen = [t.model_copy() for t in trials]
         seen_json = [t.model_dump_json() for t in seen]
         suggestions = policy.suggest(seen, k)
-        stopped = policy.early_stop(seen)
+        stopped = as_decisions(policy.early_stop(seen))
         candidates = policy.parent_candidates(seen)
         history.calls.append(Call(index, k, seen, seen_json, suggestions, stopped, candidates))
         for s in suggestions:
-            trials.append(_create(trials, s, spec.name))
+            trials.append(_create(trials, s, spec.name, len(seen)))
         # The controller's garbage collection runs after the new trials are recorded.
         roots = policy.parent_candidates([t.model_copy() for t in trials])
         kept = kept_by_gc(trials, roots, spec)
@@ -282,7 +284,7 @@ def drive(
             if trial.status.terminal:
                 continue
             outcome = draw(choices)
-            if trial.id in stopped and trial.status is TrialStatus.RUNNING:
+            if trial.id in {d.trial_id for d in stopped} and trial.status is TrialStatus.RUNNING:
                 outcome = "stop"  # the controller asked its worker to stop: it does at its next chunk
             trials[i] = _advance(draw, trial, outcome, names)
         if k > 0 and not suggestions and all(t.status.terminal for t in trials):
@@ -312,8 +314,10 @@ class Simulator:
         parent = next((t for t in self.trials if t.id == trial.parent), None) if trial.parent else None
         return own + 0.5 * (parent.objective if parent is not None and parent.objective is not None else 0.0)
 
-    def create(self, s: Suggestion) -> Trial:
-        trial = _create(self.trials, s, self.spec.name).model_copy(update={"status": TrialStatus.RUNNING})
+    def create(self, s: Suggestion, created_after: int | None = None) -> Trial:
+        """Record suggestion ``s``; ``created_after``: trials the policy had seen (default: all so far)."""
+        seen = len(self.trials) if created_after is None else created_after
+        trial = _create(self.trials, s, self.spec.name, seen).model_copy(update={"status": TrialStatus.RUNNING})
         self.trials.append(trial)
         return trial
 
@@ -333,7 +337,8 @@ class Simulator:
 
     def run(self, k: int, rounds: int = 1000) -> list[Trial]:
         for _ in range(rounds):
-            new = [self.create(s) for s in self.policy.suggest(self.trials, k)]
+            seen = len(self.trials)
+            new = [self.create(s, seen) for s in self.policy.suggest(self.trials, k)]
             if not new:
                 break
             for trial in new:
@@ -584,7 +589,8 @@ def check_budget(history: History, make_policy: PolicyFactory) -> None:
 def check_early_stop_running(history: History, make_policy: PolicyFactory) -> None:
     for call in history.calls:
         running = {t.id for t in call.seen if t.status is TrialStatus.RUNNING}
-        assert set(call.stopped) <= running, f"call {call.index}: early_stop named {set(call.stopped) - running}"
+        named = {d.trial_id for d in call.stopped}
+        assert named <= running, f"call {call.index}: early_stop named {named - running}, which are not running"
 
 
 def check_deterministic(history: History, make_policy: PolicyFactory) -> None:
@@ -596,7 +602,7 @@ def check_deterministic(history: History, make_policy: PolicyFactory) -> None:
         assert [s.model_dump_json() for s in again] == [s.model_dump_json() for s in call.suggestions], (
             f"call {call.index}: another answer to the same question"
         )
-        assert fresh.early_stop(seen) == call.stopped
+        assert as_decisions(fresh.early_stop(seen)) == call.stopped
         assert fresh.parent_candidates(seen) == call.candidates
 
 

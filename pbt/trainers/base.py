@@ -30,13 +30,13 @@ trainer* (:mod:`pbt.trainers.function`): a trainer path may name such a function
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pbt.errors import SpecError
+from pbt.importing import import_object
 
 HParams = Mapping[str, Any]
 
@@ -61,19 +61,7 @@ def load_trainer_class(path: str) -> type:
     :class:`~pbt.trainers.function.FunctionTrainer` subclass. Raises SpecError naming
     ``trainer.path``, which half failed and why.
     """
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise SpecError(f"trainer.path: {path!r} must look like 'package.module:ClassName'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or whatever the user's module raises on import
-        raise SpecError(f"trainer.path: cannot import module {module_name!r}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise SpecError(f"trainer.path: module {module_name!r} has no attribute {attr!r}") from None
+    obj = import_object(path, "trainer.path", "package.module:ClassName")
     if not isinstance(obj, type) and inspect.isroutine(obj):
         from pbt.trainers.function import function_trainer_class
 

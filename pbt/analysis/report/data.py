@@ -8,7 +8,9 @@ finished one.
 Vocabulary: a trial's *root* is the generation-0 trial its lineage starts from; colouring by
 root shows which initial member's weights survived. An *exploit* is a trial that began by
 copying another member's checkpoint (``metadata.exploit``); a trial whose parent is its own
-member's previous trial merely continued.
+member's previous trial merely continued. A trial *stopped early* by the policy
+(``metadata.stop_step``, ``metadata.stop_reason``) ends, in the report as for the policy, at the
+evaluation that stopped it: the few steps its worker trained before it noticed are left out.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pbt.lineage import best_trial, lineage, pareto_front, schedule
 from pbt.space import Value
 from pbt.spec import StudySpec
 from pbt.study_state import ending, study_state
-from pbt.trial import Timings, Trial
+from pbt.trial import Timings, Trial, TrialStatus
 
 PHASES: tuple[str, ...] = tuple(Timings.model_fields)
 TOP_TRIALS = 20
@@ -56,6 +58,7 @@ class Series:
     steps: list[int]
     values: list[float]
     anchor: tuple[int, float] | None = None
+    stopped_at: int | None = None  # lineage step of the evaluation that stopped it early
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Node:
     root: str
     exploit: bool
     on_best: bool
+    stop_reason: str | None = None  # stopped early by the policy: why (the bar ends at the stop)
 
 
 @dataclass(frozen=True)
@@ -280,12 +284,16 @@ def prepare(
     last_point: dict[str, tuple[int, float]] = {}
     for t in trials:
         steps, values = _points(t, metric)
+        stop = stopped_at(t)
+        if stop is not None:  # what the policy judged: up to the evaluation that stopped it
+            keep = sum(1 for x in steps if x <= stop)
+            steps, values = steps[:keep], values[:keep]
         if steps:
             last_point[t.id] = (steps[-1], values[-1])
         parent = by_id.get(t.parent) if t.parent else None
         anchor = last_point.get(parent.id) if parent else None
         exploit = bool(t.metadata.get("exploit"))
-        series.append(Series(t.id, t.member, roots[t.id], t.status.value, exploit, steps, values, anchor))
+        series.append(Series(t.id, t.member, roots[t.id], t.status.value, exploit, steps, values, anchor, stop))
         if exploit and parent is not None:
             exploits.append(
                 Exploit(t.id, parent.id, t.member, parent.member, t.start_lineage_steps, anchor[1] if anchor else None)
@@ -297,11 +305,12 @@ def prepare(
             t.id,
             t.member if member_rows else t.number,  # type: ignore[arg-type]
             t.start_lineage_steps,
-            t.lineage_steps,
+            stop if (stop := stopped_at(t)) is not None else t.lineage_steps,
             t.status.value,
             roots[t.id],
             bool(t.metadata.get("exploit")),
             t.id in on_best,
+            t.metadata.get("stop_reason") if stop is not None else None,
         )
         for t in trials
     ]
@@ -319,6 +328,12 @@ def prepare(
         notes.append(f"{running} trial(s) still pending or running: their curves and bars are partial.")
     if not member_rows and trials:
         notes.append("trials have no population member (not a PBT study): tree rows are trial numbers.")
+    early = [t for t in trials if stopped_at(t) is not None]
+    if early:
+        trained = sum(int(t.metadata["stop_step"]) for t in early)
+        given = sum(t.steps for t in early)
+        notes.append(f"{len(early)} trial(s) were stopped early by the policy (marked ✕): they were charged "
+                     f"{trained} of the {given} steps they were given, {given - trained} steps saved.")
 
     return ReportData(
         root_fates=_root_fates(trials, roots, nodes),
@@ -396,6 +411,14 @@ def _root_fates(trials: Sequence[Trial], roots: dict[str, str], nodes: Sequence[
         count[r] = count.get(r, 0) + 1
     fates = [RootFate(r, r in surviving, last[r], count[r]) for r in dict.fromkeys(roots[t.id] for t in trials)]
     return sorted(fates, key=lambda f: (not f.survives, -f.last_step))
+
+
+def stopped_at(trial: Trial) -> int | None:
+    """The lineage step at which the policy stopped ``trial`` early; None if it did not."""
+    step = trial.metadata.get("stop_step")
+    if trial.status is not TrialStatus.STOPPED or step is None:
+        return None
+    return trial.start_lineage_steps + int(step)
 
 
 def _roots(trials: Sequence[Trial], by_id: dict[str, Trial]) -> dict[str, str]:

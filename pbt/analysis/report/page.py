@@ -107,7 +107,8 @@ def render(data: ReportData, figures: Mapping[str, bytes]) -> str:
     parts.append(_figure(
         "objective.png", figures["objective.png"], f"{data.metric} against lineage step for every trial",
         "Each line is one trial, starting at its parent's last evaluation (where its weights came from). "
-        "Colour = the generation-0 trial the lineage descends from; triangles mark exploits; black = best lineage.",
+        "Colour = the generation-0 trial the lineage descends from; triangles mark exploits; black = best lineage; "
+        "✕ = a trial stopped early by the policy, at the evaluation that stopped it.",
     ))
 
     if len(data.objectives) > 1:

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from pbt.analysis.report.data import PHASES, ReportData
 
 DPI = 110
+STOP_COLOR = "#c62828"  # trials stopped early by the policy
 MAX_ROOTS = 16  # lineage roots named one by one in the objective plot's legend
 _PHASE_COLORS = {
     "queue_wait": "#9e9e9e",
@@ -79,6 +80,8 @@ def objective_figure(data: ReportData) -> Figure:
         Line2D([], [], marker="v", linestyle="", markerfacecolor="white", markeredgecolor="black",
                label="exploit: a member copied this point"),
     ]
+    if any(s.stopped_at is not None for s in data.series):
+        handles.append(Line2D([], [], marker="X", linestyle="", color=STOP_COLOR, label="stopped early by the policy"))
     if any(s.status not in ("completed", "stopped") for s in data.series):
         handles.append(Line2D([], [], color="grey", linestyle="--", label="running / failed (partial)"))
     # Beside the plot, not on it: with a population's worth of roots it would hide the curves.
@@ -127,6 +130,9 @@ def _draw_objective(ax, data: ReportData, colors, f) -> None:
     ex = [(e.step, f(e.value)) for e in data.exploits if e.value is not None]
     if ex:
         ax.scatter(*zip(*ex), marker="v", s=16, facecolor="white", edgecolor="black", linewidth=0.6, zorder=3)
+    stops = [(s.steps[-1], f(s.values[-1])) for s in data.series if s.stopped_at is not None and s.steps]
+    if stops:  # the evaluation that stopped each trial early
+        ax.scatter(*zip(*stops), marker="X", s=22, color=STOP_COLOR, linewidth=0, zorder=3)
     by_id = {s.trial: s for s in data.series}
     bx = [x for t in data.best_lineage for x in by_id[t].steps]
     by = [f(v) for t in data.best_lineage for v in by_id[t].values]
@@ -219,6 +225,10 @@ def tree_figure(data: ReportData) -> Figure:
     failed = [n for _, _, n in partial if n.status == "failed"]
     if failed:
         ax.scatter([n.end for n in failed], [index[n.row] for n in failed], marker="x", color="red", s=30, zorder=4)
+    early = [n for _, _, n in partial if n.stop_reason is not None]
+    if early:  # stopped early: the bar ends at the evaluation that stopped it
+        ax.scatter([n.end for n in early], [index[n.row] for n in early], marker="X", color=STOP_COLOR, s=34,
+                   linewidth=0, zorder=4)
     best = [by_id[t] for t in data.best_lineage]
     if best:  # the best lineage: its bars and its jumps between members, in black
         path = [np.array([[n.start, index[n.row]], [n.end, index[n.row]]]) for n in best]
@@ -256,6 +266,8 @@ def tree_figure(data: ReportData) -> Figure:
         )
     if failed:
         handles.append(Line2D([], [], color="red", marker="x", linestyle="", label="failed"))
+    if early:
+        handles.append(Line2D([], [], color=STOP_COLOR, marker="X", linestyle="", label="stopped early by the policy"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return fig
 

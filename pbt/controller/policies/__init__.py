@@ -39,15 +39,18 @@ def make_policy(spec: StudySpec) -> Policy:
     return policy_class(spec.algorithm.name)(spec)
 
 
-def validate_options(spec: StudySpec) -> dict[str, Any]:
-    """Validate ``algorithm.options`` and build the policy once, so budget errors show early."""
+def validate_options(spec: StudySpec, *, check_imports: bool = True) -> dict[str, Any]:
+    """Validate ``algorithm.options`` and build the policy once, so budget errors show early;
+    with ``check_imports``, also import what it will need (:meth:`Policy.check_imports`)."""
     cls = policy_class(spec.algorithm.name)
     options = cls.Options.model_validate(spec.algorithm.options)  # ValidationError names the field
     try:
-        cls(spec)
+        policy = cls(spec)
     except ValueError as exc:
         field, sep, reason = str(exc).partition(": ")
         if sep and field in cls.Options.model_fields:  # the policy named the option: name it in full
             raise SpecError(f"algorithm.options.{field}: {reason}") from None
         raise SpecError(f"algorithm.options: {exc}") from None
+    if check_imports:
+        policy.check_imports()
     return options.model_dump(mode="json", exclude_unset=True)

@@ -38,6 +38,7 @@ class RandomSearch(FromScratch):
         super().__init__(spec)
         self.num_trials = self.resolve_num_trials(self.options.num_trials)
         self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)
+        self.stops_early = self.options.median_stopping
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         rng = self.rng(trials)
