@@ -164,7 +164,7 @@ def test_worker_image_is_cuda_based_non_root_and_holds_no_secret():
     assert re.search(r"^ARG CUDA_BASE=nvidia/cuda:\S+-runtime-", text, re.M) and "FROM ${CUDA_BASE}" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert '"/src[wavenet,monitor]"' in text and "download.pytorch.org/whl/cu" in text
+    assert '"/src[wavenet,monitor,pb2]"' in text and "download.pytorch.org/whl/cu" in text
     env_block = " ".join(re.findall(r"^ENV[^\n]*(?:\\\n[^\n]*)*", text, re.M))
     assert not re.search(r"(?i)password|secret|token|BROKER_URL", env_block)
     assert "claim-gpu.sh" in text

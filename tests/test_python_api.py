@@ -121,7 +121,8 @@ def test_a_failed_study_raises_with_how_it_ended_or_returns_it(tmp_path):
 
 
 def test_start_watch_stop_and_resume_from_python_decide_like_an_uninterrupted_run(tmp_path):
-    data = toy_data(trainer={"config": {"lr": 0.01, "sleep_per_step": 0.01}}, budget={"total_steps": 240})
+    # ~6 s of training, so the stop lands mid-study even on a fast machine
+    data = toy_data(trainer={"config": {"lr": 0.01, "sleep_per_step": 0.05}}, budget={"total_steps": 240})
     storage = str(tmp_path / "runs")
     seen = []
     handle = pbt.start(data, trainer=train_toy, storage=storage, workers=2, observer=seen.append)
