@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 
 from pbt.controller.lease import Lease, local_lease
 from pbt.controller.loop import Controller, Snapshot
-from pbt.errors import ServiceError, StorageError
+from pbt.errors import ServiceError, SpecError, StorageError
 from pbt.spec import StudySpec
 from pbt.storage import open_object_store
 from pbt.storage.keys import join
@@ -47,8 +47,13 @@ def check_broker(url: str) -> None:
     """One PING to the broker; raises ServiceError naming it (password masked) and the cause."""
     import redis
 
+    ping_url = "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+socket://") else url
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+        client = redis.Redis.from_url(ping_url, socket_connect_timeout=5, socket_timeout=5)
+    except ValueError as exc:  # not a URL redis can use: the input's fault, not the service's
+        raise SpecError(f"broker: {redact_url(url)!r} is not a usable Redis URL: {exc}") from None
+    try:
+        client.ping()
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
             redis.exceptions.ResponseError) as exc:
         raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check the password in the URL)") from None

@@ -1,0 +1,32 @@
+"""Inputs a stranger or an attacker would try, each refused with one line naming the field and the
+reason, the documented exit status, and nothing written (README, "Exit status")."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import toy_data
+
+from pbt.errors import SpecError
+from pbt.study_file import parse_spec
+from pbt.testing import pbt, write_study
+from pbt.urls import redact_url
+
+
+@pytest.mark.parametrize("url", ["http://:s3cret@host:6379/0", "redis://:s3cret@host:abc/0",
+                                 "redis://:s3cret@host:99999/0"])
+def test_a_broker_that_is_not_a_redis_url_is_a_spec_error_naming_the_field(url):
+    with pytest.raises(SpecError) as info:
+        parse_spec(toy_data(broker=url))
+    assert "broker:" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_a_broker_flag_that_is_not_a_redis_url_is_exit_2_without_traceback(tmp_path):
+    study = write_study(tmp_path / "s.yaml", toy_data())
+    proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--broker", "http://:s3cret@x:1/0", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "broker:" in proc.stderr and "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_redact_url_masks_a_url_it_cannot_parse():
+    assert "pw" not in redact_url("redis://:pw@host:abc/0")
