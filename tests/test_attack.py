@@ -30,3 +30,20 @@ def test_a_broker_flag_that_is_not_a_redis_url_is_exit_2_without_traceback(tmp_p
 
 def test_redact_url_masks_a_url_it_cannot_parse():
     assert "pw" not in redact_url("redis://:pw@host:abc/0")
+
+
+def test_perturb_factors_can_be_written_in_a_study_file_and_read_back_from_the_stored_spec():
+    spec = parse_spec(toy_data(algorithm={"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4,
+                                                                      "perturb_factors": [0.7, 1.3]}}))
+    assert spec.algorithm.options["perturb_factors"] in ([0.7, 1.3], (0.7, 1.3))
+    again = parse_spec(spec.model_dump(mode="json"))  # what resume and status validate
+    assert list(again.algorithm.options["perturb_factors"]) == [0.7, 1.3]
+
+
+def test_pb2_over_a_space_without_mutable_numbers_is_refused():
+    data = toy_data()
+    data["parameters"] = {"h0": {"type": "categorical", "values": ["a", "b"]},
+                          "h1": {"type": "float", "low": 0.0, "high": 1.0, "mutable": False}}
+    data["algorithm"] = {"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "explore": "pb2"}}
+    with pytest.raises(SpecError, match=r"algorithm\.options.*pb2.*no mutable"):
+        parse_spec(data, check_trainer=False)

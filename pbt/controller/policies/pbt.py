@@ -70,7 +70,7 @@ from pbt.controller.pb2 import PB2, import_sklearn
 from pbt.controller.policy import Options, Policy
 from pbt.controller.view import TrialView
 from pbt.importing import import_path
-from pbt.space import sample_params
+from pbt.space import FloatParam, IntParam, sample_params
 from pbt.trial import MetricReport, Suggestion, Trial, TrialStatus
 
 #: Trials of each other member, created before the judged one, searched for a comparable
@@ -126,6 +126,12 @@ class PBTOptions(Options):
         if callable(v):
             v = import_path(v)
         return check_rule(v) if isinstance(v, str) else v
+
+    @field_validator("perturb_factors", mode="before")
+    @classmethod
+    def _factors_list(cls, v: Any) -> Any:
+        """YAML and JSON have no tuple: ``[0.8, 1.2]`` in a study file (or a stored spec) is the pair."""
+        return tuple(v) if isinstance(v, list) else v
 
     @field_validator("early_stop", mode="before")
     @classmethod
@@ -185,6 +191,9 @@ class PBT(Policy):
             if not isinstance(self.fitness_model, ScalarFitness):
                 raise ValueError("explore: pb2 models the improvement of one number: with several objectives, "
                                  "give fitness_weights (or use explore: perturb)")
+            if not any(isinstance(p, (FloatParam, IntParam)) and p.mutable for p in self.space.values()):
+                raise ValueError("explore: pb2 chooses float and int parameters, and this search space has no "
+                                 "mutable one: it would only ever perturb (use explore: perturb)")
             return PB2(self.space, self.reproduction, self.fitness_model, self.report_fitness,
                        self.options.pb2_window)
         return Hook(rule, self.space)
