@@ -47,3 +47,12 @@ def test_pb2_over_a_space_without_mutable_numbers_is_refused():
     data["algorithm"] = {"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "explore": "pb2"}}
     with pytest.raises(SpecError, match=r"algorithm\.options.*pb2.*no mutable"):
         parse_spec(data, check_trainer=False)
+
+
+@pytest.mark.parametrize(("grid", "says"), [({"h0": [], "h1": [0.5]}, "grid.h0: give at least one value"),
+                                            ({"zz": [1.0]}, "grid.zz: not a parameter")])
+def test_an_explicit_grid_with_an_empty_or_unknown_axis_is_refused(grid, says):
+    data = toy_data(budget={"total_steps": 64})
+    data["algorithm"] = {"name": "grid", "options": {"grid": grid}}
+    with pytest.raises(SpecError, match=says):
+        parse_spec(data)
