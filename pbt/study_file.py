@@ -163,6 +163,8 @@ def read_yaml(path: Path) -> Any:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a scalar YAML cannot build: 5,000 digits, 2024-13-45
+        raise SpecError(f"{path}: a value cannot be read: {str(exc)[:200]}") from None
     finally:
         loader.dispose()
 

@@ -66,3 +66,13 @@ def test_fitness_weights_naming_a_metric_the_trainer_never_returns_fail_the_stud
     proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q", timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "fitness_weights names 'zzz'" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "2024-13-45"])
+def test_a_scalar_yaml_cannot_build_is_a_spec_error_not_a_traceback(tmp_path, value):
+    from pbt.study_file import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: x\nseed: {value}\n")
+    with pytest.raises(SpecError, match="a value cannot be read"):
+        load_spec(path)
