@@ -76,3 +76,15 @@ def test_a_scalar_yaml_cannot_build_is_a_spec_error_not_a_traceback(tmp_path, va
     path.write_text(f"name: x\nseed: {value}\n")
     with pytest.raises(SpecError, match="a value cannot be read"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(("options", "execution", "says"), [
+    ({"num_trials": 4, "median_stopping": True}, {}, "median_stopping judges intermediate evaluations"),
+    ({"num_trials": 4, "median_stopping": True, "min_completed_for_stopping": 4}, {"checkpoint_every": 2},
+     "can never stop"),
+])
+def test_median_stopping_that_could_never_stop_anything_is_refused(options, execution, says):
+    data = toy_data(budget={"total_steps": 64}, execution=execution)
+    data["algorithm"] = {"name": "random", "options": options}
+    with pytest.raises(SpecError, match=says):
+        parse_spec(data)
