@@ -56,7 +56,8 @@ def check_broker(url: str) -> None:
         client.ping()
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
             redis.exceptions.ResponseError) as exc:
-        raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check the password in the URL)") from None
+        hint = "the database number" if "DB index" in str(exc) else "the password"
+        raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check {hint} in the URL)") from None
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ServiceError(f"broker {redact_url(url)} unreachable: {exc}") from None
 

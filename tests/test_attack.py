@@ -88,3 +88,17 @@ def test_median_stopping_that_could_never_stop_anything_is_refused(options, exec
     data["algorithm"] = {"name": "random", "options": options}
     with pytest.raises(SpecError, match=says):
         parse_spec(data)
+
+
+def test_a_broker_database_out_of_range_is_not_blamed_on_the_password(tmp_path):
+    from pbt.launch import check_broker
+    from pbt.testing import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        with pytest.raises(Exception, match="check the database number") as info:
+            check_broker(server.url.rsplit("/", 1)[0] + "/99")
+        assert info.value.exit_code == 5
+    finally:
+        server.stop()
