@@ -102,3 +102,48 @@ def test_a_broker_database_out_of_range_is_not_blamed_on_the_password(tmp_path):
         assert info.value.exit_code == 5
     finally:
         server.stop()
+
+
+# --- custom policies that misbehave: refused with the policy's name, not a traceback or bad trials --
+
+from pbt.controller.policy import FromScratch, Options  # noqa: E402
+from pbt.space import sample_params  # noqa: E402
+from pbt.trial import Suggestion  # noqa: E402
+
+
+class _Scratch(FromScratch):
+    class Options(Options):
+        pass
+
+
+class NoSuggest(_Scratch):  # suggest() left out: an abstract class
+    pass
+
+
+class OutOfBoundsLater(_Scratch):
+    def suggest(self, trials, k):
+        if len(trials) >= 4:
+            return []
+        params = sample_params(self.space, self.rng(trials))
+        return [Suggestion(params={**params, "h0": 5.0} if trials else params, steps=4)]
+
+
+def test_a_custom_policy_that_cannot_be_built_is_a_spec_error_naming_it():
+    data = toy_data()
+    data["algorithm"] = {"name": "test_attack:NoSuggest", "options": {}}
+    with pytest.raises(SpecError, match=r"algorithm\.name: policy 'test_attack:NoSuggest' cannot be built"):
+        parse_spec(data)
+
+
+def test_a_custom_policy_suggesting_a_value_outside_the_space_ends_the_study_naming_it(tmp_path):
+    import os
+    from pathlib import Path
+
+    data = toy_data(budget={"total_steps": 64}, execution={"parallelism": 1})
+    data["algorithm"] = {"name": "test_attack:OutOfBoundsLater", "options": {}}
+    study = write_study(tmp_path / "s.yaml", data)
+    here = str(Path(__file__).parent)
+    proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q", timeout=120,
+               env={"PYTHONPATH": f"{here}:{os.environ.get('PYTHONPATH', '')}"})
+    assert proc.returncode == 1, proc.stderr
+    assert "policy test_attack:OutOfBoundsLater returned h0=5.0: outside [0, 1]" in proc.stderr, proc.stderr
