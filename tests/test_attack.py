@@ -147,3 +147,12 @@ def test_a_custom_policy_suggesting_a_value_outside_the_space_ends_the_study_nam
                env={"PYTHONPATH": f"{here}:{os.environ.get('PYTHONPATH', '')}"})
     assert proc.returncode == 1, proc.stderr
     assert "policy test_attack:OutOfBoundsLater returned h0=5.0: outside [0, 1]" in proc.stderr, proc.stderr
+
+
+def test_a_very_long_invalid_name_is_shown_shortened_on_one_line():
+    from pbt.names import validate_name, validate_trial_id
+
+    for check in (validate_name, validate_trial_id):
+        with pytest.raises(ValueError) as info:
+            check("a" * 5000)
+        assert len(str(info.value)) < 300 and "\n" not in str(info.value)
