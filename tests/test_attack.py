@@ -156,3 +156,15 @@ def test_a_very_long_invalid_name_is_shown_shortened_on_one_line():
         with pytest.raises(ValueError) as info:
             check("a" * 5000)
         assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+def test_load_study_with_a_storage_or_name_of_the_wrong_type_names_the_argument(tmp_path, monkeypatch):
+    import pbt as api
+
+    for kwargs, says in (({"name": "x", "storage": 42}, "storage: expected a path"),
+                         ({"name": 7, "storage": str(tmp_path)}, "name: expected the study's name")):
+        with pytest.raises(SpecError, match=says):
+            api.load_study(**kwargs)
+    monkeypatch.setenv("PBT_STORAGE", str(tmp_path))
+    with pytest.raises(api.StudyNotFoundError, match=str(tmp_path)):
+        api.load_study("x", storage=None)  # the default storage, which holds no study x
