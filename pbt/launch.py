@@ -43,6 +43,25 @@ def check_services(spec: StudySpec) -> None:
         check_broker(spec.broker)
 
 
+def check_identity(spec: StudySpec) -> None:
+    """Refuse, before anything is shown or run, a spec whose identity differs from the stored study's
+    of the same name (the controller's own check, made early so that the error is not preceded by a
+    "study started" line). A study left half-created (a spec, no trial) may be taken over."""
+    from pbt.controller.loop import IDENTITY_FIELDS
+
+    store = StudyStore(open_object_store(spec.storage), spec.name)
+    if not store.exists():
+        return
+    stored, doc = store.read_spec(), spec.public_dict()
+    changed = [f for f in IDENTITY_FIELDS if stored.get(f) != doc.get(f)]
+    if changed and store.load_trials():
+        raise SpecError(
+            f"study {spec.name!r} already exists in {store.objects.uri} with different {', '.join(changed)}; use "
+            f"another study name (or storage) for a new study, or delete it with `pbt clear {spec.name} "
+            "--storage ... --force`"
+        )
+
+
 def check_broker(url: str) -> None:
     """One PING to the broker; raises ServiceError naming it (password masked) and the cause."""
     import redis

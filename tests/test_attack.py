@@ -168,3 +168,15 @@ def test_load_study_with_a_storage_or_name_of_the_wrong_type_names_the_argument(
     monkeypatch.setenv("PBT_STORAGE", str(tmp_path))
     with pytest.raises(api.StudyNotFoundError, match=str(tmp_path)):
         api.load_study("x", storage=None)  # the default storage, which holds no study x
+
+
+def test_another_spec_under_an_existing_name_is_refused_before_the_study_is_shown_as_started(tmp_path):
+    data = toy_data(budget={"total_steps": 32})
+    first = write_study(tmp_path / "a.yaml", data)
+    assert pbt("run", str(first), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q").returncode == 0
+    data["parameters"]["h0"]["high"] = 0.5
+    second = write_study(tmp_path / "b.yaml", data)
+    proc = pbt("run", str(second), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q")
+    assert proc.returncode == 2, proc.stderr
+    assert "already exists" in proc.stderr and "with different parameters" in proc.stderr
+    assert "study toy:" not in proc.stderr, proc.stderr  # not announced as started
