@@ -91,6 +91,16 @@ class StudyStore:
     # Trial records --------------------------------------------------------------------------
 
     def load_trials(self) -> list[Trial]:
+        """Every trial, in creation order. Also primes this instance to append after them.
+
+        Raises CorruptRecordsError when a stored record is not a valid trial."""
+        try:
+            return self._load_trials()
+        except ValidationError as exc:
+            why = f"a trial record is invalid: {exc.errors()[0].get('msg')}"
+            raise self._corrupt(f"{_SNAPSHOT} or journal/", why) from None
+
+    def _load_trials(self) -> list[Trial]:
         """Every trial, in creation order. Also primes this instance to append after them."""
         for _ in range(_READ_RETRIES):
             try:
@@ -98,12 +108,7 @@ class StudyStore:
             except _Raced:
                 continue  # a compaction deleted segments under us: read the newer snapshot
             self._records, self._seq, self._since_snapshot = records, seq, since
-            try:
-                trials = [Trial.model_validate(r) for r in records.values()]
-            except ValidationError as exc:
-                why = f"a trial record is invalid: {exc.errors()[0].get('msg')}"
-                raise self._corrupt(f"{_SNAPSHOT} or journal/", why) from None
-            return sorted(trials, key=lambda t: t.number)
+            return sorted((Trial.model_validate(r) for r in records.values()), key=lambda t: t.number)
         raise StorageError(f"study {self.study}: journal kept changing while reading; try again")
 
     def _read_all(self) -> tuple[dict[str, dict[str, Any]], int, int]:
