@@ -180,3 +180,18 @@ def test_another_spec_under_an_existing_name_is_refused_before_the_study_is_show
     assert proc.returncode == 2, proc.stderr
     assert "already exists" in proc.stderr and "with different parameters" in proc.stderr
     assert "study toy:" not in proc.stderr, proc.stderr  # not announced as started
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    ([], {"PBT_VISIBILITY_TIMEOUT": "abc"}, "PBT_VISIBILITY_TIMEOUT='abc': expected a positive number"),
+    ([], {"PBT_UNACKED_RESTORE_INTERVAL": "-5"}, "PBT_UNACKED_RESTORE_INTERVAL='-5'"),
+    (["--gpus", "abc"], {}, "--gpus: 'abc' is not a device index"),
+    (["-Q", "../x"], {}, "invalid queue name (--queues) '../x'"),
+])
+def test_a_worker_refuses_settings_celery_would_take_as_they_are(tmp_path, args, env, says):
+    from pbt.testing import free_port
+
+    proc = pbt("worker", "--broker", f"redis://127.0.0.1:{free_port()}/0", "--storage", str(tmp_path), *args,
+               env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
