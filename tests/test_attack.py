@@ -195,3 +195,12 @@ def test_a_worker_refuses_settings_celery_would_take_as_they_are(tmp_path, args,
                env=env, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    study = write_study(tmp_path / "s.yaml", toy_data(budget={"total_steps": 32}))
+    assert pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q").returncode == 0
+    (tmp_path / "afile").write_text("x")
+    proc = pbt("report", "toy", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "sub"))
+    assert proc.returncode == 1 and "cannot write the report" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
