@@ -46,7 +46,7 @@ def test_pb2_over_a_space_without_mutable_numbers_is_refused():
                           "h1": {"type": "float", "low": 0.0, "high": 1.0, "mutable": False}}
     data["algorithm"] = {"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "explore": "pb2"}}
     with pytest.raises(SpecError, match=r"algorithm\.options.*pb2.*no mutable"):
-        parse_spec(data, check_trainer=False)
+        parse_spec(data)
 
 
 @pytest.mark.parametrize(("grid", "says"), [({"h0": [], "h1": [0.5]}, "grid.h0: give at least one value"),
@@ -204,3 +204,30 @@ def test_a_report_folder_that_cannot_be_written_is_one_line_not_a_traceback(tmp_
     proc = pbt("report", "toy", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "sub"))
     assert proc.returncode == 1 and "cannot write the report" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("algorithm", "says"), [
+    ({"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "truncation_fraction": 0.3}},
+     "truncation_fraction applies to selection: truncation"),
+    ({"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "selection": "truncation",
+                                 "window_generations": 3}}, "window_generations applies to selection: tournament"),
+    ({"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4, "pb2_window": 8}},
+     "pb2_window applies to explore: pb2"),
+    ({"name": "random", "options": {"num_trials": 4, "min_completed_for_stopping": 2}},
+     "min_completed_for_stopping applies to median_stopping"),
+])
+def test_an_option_the_chosen_mode_would_silently_ignore_is_refused(algorithm, says):
+    data = toy_data(budget={"total_steps": 64})
+    data["algorithm"] = algorithm
+    with pytest.raises(SpecError, match=says):
+        parse_spec(data)
+
+
+def test_a_stored_spec_an_older_version_accepted_is_still_read_back():
+    data = toy_data(budget={"total_steps": 64})
+    data["algorithm"] = {"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4,
+                                                    "truncation_fraction": 0.3, "pb2_window": 8}}
+    assert parse_spec(data, check_trainer=False).algorithm.options["truncation_fraction"] == 0.3  # pbt status
+    assert parse_spec(data, stored=True).algorithm.options["pb2_window"] == 8  # pbt resume
+    with pytest.raises(SpecError):
+        parse_spec(data)  # a new study from that file
