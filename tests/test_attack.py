@@ -58,16 +58,6 @@ def test_an_explicit_grid_with_an_empty_or_unknown_axis_is_refused(grid, says):
         parse_spec(data)
 
 
-def test_fitness_weights_naming_a_metric_the_trainer_never_returns_fail_the_study(tmp_path):
-    data = toy_data(budget={"total_steps": 64}, execution={"parallelism": 2})
-    data["algorithm"] = {"name": "pbt", "options": {"population_size": 4, "steps_per_trial": 4,
-                                                    "fitness_weights": {"zzz": 1.0}}}
-    study = write_study(tmp_path / "s.yaml", data)
-    proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q", timeout=120)
-    assert proc.returncode == 1, proc.stderr
-    assert "fitness_weights names 'zzz'" in proc.stderr
-
-
 @pytest.mark.parametrize("value", ["9" * 5000, "2024-13-45"])
 def test_a_scalar_yaml_cannot_build_is_a_spec_error_not_a_traceback(tmp_path, value):
     from pbt.study_file import load_spec

@@ -69,7 +69,6 @@ from pbt.controller.explore import Explorer, Hook, Perturb, Session, check_rule,
 from pbt.controller.pb2 import PB2, import_sklearn
 from pbt.controller.policy import NEW_STUDY_CHECKS, Options, Policy
 from pbt.controller.view import TrialView
-from pbt.errors import StudyFailedError
 from pbt.importing import import_path
 from pbt.space import FloatParam, IntParam, sample_params
 from pbt.trial import MetricReport, Suggestion, Trial, TrialStatus
@@ -261,27 +260,12 @@ class PBT(Policy):
                 break
             if not self.selection.ready(initiator, population):
                 continue
-            self._check_weighted_metrics(initiator)
             if not room.take(steps):
                 break
             if session is None:  # one per call: PB2 fits its model once, and sees the children it chose
                 session = self.explorer.session(population.view)
             out.append(self._reproduce(initiator, population, rng, steps, session))
         return out
-
-    def _check_weighted_metrics(self, trial: Trial) -> None:
-        """A metric of ``fitness_weights`` missing from a completed trial's evaluation is missing from
-        every trial's: each fitness would be −∞ and selection blind, so the study ends here."""
-        weights = self.options.fitness_weights
-        if not weights or not trial.usable or not trial.metrics:
-            return
-        got = trial.metrics[-1].values
-        missing = sorted(set(weights) - set(got))
-        if missing:
-            raise StudyFailedError(
-                f"algorithm.options.fitness_weights names {', '.join(map(repr, missing))}, which the trainer's "
-                f"evaluate() does not return (trial {trial.id} got {sorted(got)}); check the study file"
-            )
 
     def _reproduce(self, initiator: Trial, population: Population, rng, steps: int, session: Session) -> Suggestion:
         child_generation = initiator.generation + 1
