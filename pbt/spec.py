@@ -240,8 +240,8 @@ class StudySpec(_Model):
     @classmethod
     def _broker(cls, v: str | None) -> str | None:
         """A Redis URL, or nothing: anything else would only fail later, as a traceback."""
-        if v is None:
-            return v
+        if not v:
+            return v  # "" (an empty --broker or PBT_BROKER_URL): embedded workers, as unset
         shown = redact_secrets(v)  # not redact_url: it parses the URL, which may be what is wrong
         if not v.startswith(BROKER_SCHEMES):
             raise ValueError(f"{shown!r} is not a Redis URL (redis://[:password@]host:port/db or rediss://)")

@@ -221,3 +221,7 @@ def test_a_stored_spec_an_older_version_accepted_is_still_read_back():
     assert parse_spec(data, stored=True).algorithm.options["pb2_window"] == 8  # pbt resume
     with pytest.raises(SpecError):
         parse_spec(data)  # a new study from that file
+
+
+def test_an_empty_broker_still_means_embedded_workers():
+    assert not parse_spec(toy_data(broker="")).broker
