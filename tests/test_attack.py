@@ -225,3 +225,10 @@ def test_a_stored_spec_an_older_version_accepted_is_still_read_back():
 
 def test_an_empty_broker_still_means_embedded_workers():
     assert not parse_spec(toy_data(broker="")).broker
+
+
+def test_logs_of_a_trial_the_study_does_not_have_say_so(tmp_path):
+    study = write_study(tmp_path / "s.yaml", toy_data(budget={"total_steps": 32}))
+    assert pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "1", "-q").returncode == 0
+    proc = pbt("logs", "toy", "t999999", "--storage", str(tmp_path / "runs"))
+    assert proc.returncode == 1 and "has no trial 't999999'" in proc.stderr, proc.stderr
