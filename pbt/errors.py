@@ -41,6 +41,11 @@ class StudyNotFoundError(NotFoundError):
     """No study of that name in that storage (the message names both)."""
 
 
+class CorruptRecordsError(FatalError):
+    """A study's stored records (spec, state, journal, snapshot) cannot be decoded: edited or
+    truncated by something other than pbt. The message names the object and the cause."""
+
+
 class CorruptCheckpointError(FatalError):
     """A checkpoint's manifest or one of its parts fails verification."""
 

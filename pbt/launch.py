@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 
 from pbt.controller.lease import Lease, local_lease
 from pbt.controller.loop import Controller, Snapshot
-from pbt.errors import ServiceError, StorageError
+from pbt.errors import ServiceError, SpecError, StorageError
 from pbt.spec import StudySpec
 from pbt.storage import open_object_store
 from pbt.storage.keys import join
@@ -43,15 +43,40 @@ def check_services(spec: StudySpec) -> None:
         check_broker(spec.broker)
 
 
+def check_identity(spec: StudySpec) -> None:
+    """Refuse, before anything is shown or run, a spec whose identity differs from the stored study's
+    of the same name (the controller's own check, made early so that the error is not preceded by a
+    "study started" line). A study left half-created (a spec, no trial) may be taken over."""
+    from pbt.controller.loop import IDENTITY_FIELDS
+
+    store = StudyStore(open_object_store(spec.storage), spec.name)
+    if not store.exists():
+        return
+    stored, doc = store.read_spec(), spec.public_dict()
+    changed = [f for f in IDENTITY_FIELDS if stored.get(f) != doc.get(f)]
+    if changed and store.load_trials():
+        raise SpecError(
+            f"study {spec.name!r} already exists in {store.objects.uri} with different {', '.join(changed)}; use "
+            f"another study name (or storage) for a new study, or delete it with `pbt clear {spec.name} "
+            "--storage ... --force`"
+        )
+
+
 def check_broker(url: str) -> None:
     """One PING to the broker; raises ServiceError naming it (password masked) and the cause."""
     import redis
 
+    ping_url = "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+socket://") else url
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+        client = redis.Redis.from_url(ping_url, socket_connect_timeout=5, socket_timeout=5)
+    except ValueError as exc:  # not a URL redis can use: the input's fault, not the service's
+        raise SpecError(f"broker: {redact_url(url)!r} is not a usable Redis URL: {exc}") from None
+    try:
+        client.ping()
     except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
             redis.exceptions.ResponseError) as exc:
-        raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check the password in the URL)") from None
+        hint = "the database number" if "DB index" in str(exc) else "the password"
+        raise BrokerRefused(f"broker {redact_url(url)} refused us: {exc} (check {hint} in the URL)") from None
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ServiceError(f"broker {redact_url(url)} unreachable: {exc}") from None
 

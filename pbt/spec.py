@@ -13,6 +13,7 @@ import json
 import keyword
 import math
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,11 +30,13 @@ from pbt.errors import SpecError
 from pbt.importing import import_path
 from pbt.names import validate_name
 from pbt.space import SearchSpace
-from pbt.urls import redact_url
+from pbt.urls import redact_secrets, redact_url
 
 # Pydantic names the member of a tagged union it tried ("parameters.h0.float.low"): drop the tag.
 _UNION_TAGS = {"float", "int", "discrete", "categorical"}
 _TYPE_NAMES = "float, int, discrete, categorical"
+#: What a broker URL may start with: the schemes Celery's Redis transport serves.
+BROKER_SCHEMES = ("redis://", "rediss://", "redis+socket://")
 
 
 def format_errors(exc: ValidationError, prefix: str = "") -> str:
@@ -232,6 +235,21 @@ class StudySpec(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "study name")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str | None) -> str | None:
+        """A Redis URL, or nothing: anything else would only fail later, as a traceback."""
+        if not v:
+            return v  # "" (an empty --broker or PBT_BROKER_URL): embedded workers, as unset
+        shown = redact_secrets(v)  # not redact_url: it parses the URL, which may be what is wrong
+        if not v.startswith(BROKER_SCHEMES):
+            raise ValueError(f"{shown!r} is not a Redis URL (redis://[:password@]host:port/db or rediss://)")
+        try:
+            _ = urlsplit(v).port
+        except ValueError:
+            raise ValueError(f"{shown!r}: the port is not a number from 0 to 65535") from None
+        return v
 
     @model_validator(mode="before")
     @classmethod

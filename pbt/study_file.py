@@ -26,20 +26,31 @@ import yaml
 from pydantic import ValidationError
 
 from pbt.controller.policies import make_policy, validate_options
+from pbt.controller.policy import NEW_STUDY_CHECKS
 from pbt.errors import PbtError, SpecError
 from pbt.spec import StudySpec, format_errors
 from pbt.trainers.base import load_trainer_class
 
 
-def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True) -> StudySpec:
+def parse_spec(data: Any, *, source: str = "study", check_trainer: bool = True, stored: bool = False) -> StudySpec:
     """Validate raw data (a parsed YAML mapping) into a StudySpec, or raise SpecError.
 
     ``source`` names the data in messages (a file path, "the stored spec of X"). The algorithm's
     options are validated by its policy and stored back normalised (only the fields that were
     set). ``check_trainer=False`` skips importing the trainer and what the policy imports (an
     explore hook, scikit-learn for PB2), for readers of a stored study that will not train
-    (status, report).
+    (status, report). ``stored=True`` (implied by ``check_trainer=False``) reads a study's stored
+    spec back: checks that only refuse what a new study would silently ignore are skipped, so an
+    existing study is never locked out of its records (:data:`~pbt.controller.policy.NEW_STUDY_CHECKS`).
     """
+    token = NEW_STUDY_CHECKS.set(check_trainer and not stored)
+    try:
+        return _parse_spec(data, source, check_trainer)
+    finally:
+        NEW_STUDY_CHECKS.reset(token)
+
+
+def _parse_spec(data: Any, source: str, check_trainer: bool) -> StudySpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
@@ -163,6 +174,8 @@ def read_yaml(path: Path) -> Any:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a scalar YAML cannot build: 5,000 digits, 2024-13-45
+        raise SpecError(f"{path}: a value cannot be read: {str(exc)[:200]}") from None
     finally:
         loader.dispose()
 

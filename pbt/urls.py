@@ -21,14 +21,18 @@ def redact_url(url: str) -> str:
     A URL without a user or password comes back unchanged; the user name is kept, the password
     becomes ``***``.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number, a bad IPv6 host: mask it as text instead
+        return redact_secrets(url)
     if parts.password is None and parts.username is None:
         return url
     user = parts.username or ""
     netloc = f"{user}:***@" if parts.password is not None else f"{user}@"
     netloc += parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    if port:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

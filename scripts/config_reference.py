@@ -63,8 +63,9 @@ NOTES: dict[str, str] = {
     "pbt.perturb_factors": "explore: multiply numbers by one of these",
     "pbt.resample_probability": "explore: draw from the prior instead of perturbing",
     "random.median_stopping": "stop a running trial whose latest objective is worse than the median of "
-    "completed trials at the same step (see Early stopping)",
-    "random.min_completed_for_stopping": "completed trials before median stopping acts",
+    "completed trials at the same step (see Early stopping); needs `execution.checkpoint_every` below "
+    "`steps_per_trial`",
+    "random.min_completed_for_stopping": "completed trials before median stopping acts (below `num_trials`)",
     "grid.grid": "explicit values per parameter; default: `points_per_param` evenly spaced values",
     "grid.points_per_param": "values per numeric parameter when `grid` is not given",
 }

@@ -288,3 +288,9 @@ def test_too_many_metrics_per_evaluation_fail_the_study_clearly(tmp_path):
     assert result.status is TrialStatus.FAILED and not result.retryable
     assert result.scope.value == "study"
     assert f"at most {MAX_METRICS}" in result.error
+
+
+def test_a_save_that_writes_nothing_ends_the_study_instead_of_failing_every_trial_in_turn(tmp_path):
+    result = run_attempt(task(tmp_path, trainer="test_attempt:_Trainer"))  # its save() writes no file
+    assert result.status is TrialStatus.FAILED and result.scope is FailureScope.STUDY, result.error
+    assert "save(directory) wrote no file" in result.error and not result.retryable

@@ -303,7 +303,7 @@ def finished_with(task, curve):
 
 
 def test_median_stopping_stops_a_trial_on_an_evaluation_that_arrived_with_its_result(tmp_path):
-    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1, "checkpoint_every": 50})
     for n in range(2):
         ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
         tick(c, ex)
@@ -318,7 +318,7 @@ def test_median_stopping_stops_a_trial_on_an_evaluation_that_arrived_with_its_re
 
 
 def test_median_stopping_stops_a_running_trial_once_at_the_evaluation_that_decided(tmp_path):
-    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1, "checkpoint_every": 50})
     for n in range(2):
         ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
         tick(c, ex)
@@ -333,7 +333,7 @@ def test_median_stopping_stops_a_running_trial_once_at_the_evaluation_that_decid
 
 
 def test_a_non_finite_intermediate_value_is_worse_than_any_median(tmp_path):
-    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1})
+    c, ex, _ = make(tmp_path, algorithm=MEDIAN, execution={"parallelism": 1, "checkpoint_every": 50})
     for n in range(2):
         ex._answer(finished_with(ex.task(f"t{n:06d}"), [(50, 0.8), (100, 0.9)]))
         tick(c, ex)

@@ -66,3 +66,35 @@ def test_values_are_coerced_and_a_missing_objective_is_refused():
     assert driver.evaluate() == {"1": 2.5}
     with pytest.raises(FatalError, match=r"returned no 'q' \(got \['1'\]\)"):
         driver.run(2)
+
+
+@pytest.mark.parametrize("value", [True, "high", None, {"a": 1}, [1.0]])
+def test_a_metric_that_is_not_a_number_is_a_contract_error_naming_it(value):
+    class Odd(ToyTrainer):
+        def evaluate(self):
+            return {"q": value}
+
+    t = Odd()
+    t.setup({"h0": 0.5, "h1": 0.5}, seed=0)
+    with pytest.raises(FatalError, match=r"returned .* for 'q', not a number"):
+        TrainerDriver(t, metric="q").evaluate()
+
+
+def test_an_evaluation_that_is_not_a_mapping_and_a_huge_integer_are_named():
+    class Listed(ToyTrainer):
+        def evaluate(self):
+            return [("q", 1.0)]
+
+    class Huge(ToyTrainer):
+        def evaluate(self):
+            return {"q": 10**400}
+
+    for cls in (Listed, Huge):
+        t = cls()
+        t.setup({"h0": 0.5, "h1": 0.5}, seed=0)
+        driver = TrainerDriver(t, metric="q")
+        if cls is Listed:
+            with pytest.raises(FatalError, match="returned list, not a mapping"):
+                driver.evaluate()
+        else:
+            assert driver.evaluate() == {"q": float("inf")}  # non-finite: the trial ends as diverged

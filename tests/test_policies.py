@@ -158,7 +158,7 @@ class TestRandomSearchWithMedianStopping(PolicyContract):
     @pytest.fixture
     def spec(self) -> StudySpec:
         options = {"num_trials": 20, "median_stopping": True, "min_completed_for_stopping": 2}
-        return contract_spec({"name": "random", "options": options}, mode="min")
+        return contract_spec({"name": "random", "options": options}, mode="min", execution={"checkpoint_every": 2})
 
 
 class TestGridSearch(PolicyContract):

@@ -5,12 +5,15 @@ Runs on both back ends; S3 is a real boto3 client against a moto server.
 
 from __future__ import annotations
 
+import gzip
+import re
 import threading
 
 import pytest
 import storage_backends as sb
 
 from pbt.storage import study_store
+from pbt.storage.local import LocalObjectStore
 from pbt.storage.study_store import StudyStore, list_studies
 from pbt.trial import Trial, TrialStatus
 
@@ -143,3 +146,22 @@ def test_a_long_study_costs_linear_writes_and_a_constant_number_of_reads_to_resu
     segments = len(list(objects.inner.list("big/journal/")))
     assert reader.gets == 1 + segments  # the snapshot and the segments written since
     assert segments <= n // batch  # far fewer than one object per record
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("spec.json", b"garbage"), ("spec.json", b"[1]"), ("state.json", b"[1,2"),
+    ("snapshot.json.gz", b"\x1f\x8b\x08\x00truncated"), ("snapshot.json.gz", gzip.compress(b'{"trials": 5}')),
+    ("snapshot.json.gz", gzip.compress(b'{"seq": 0, "trials": [{"id": "x"}]}')),
+])
+def test_records_changed_by_something_else_are_a_corrupt_records_error_naming_the_object(tmp_path, name, content):
+    from pbt.errors import CorruptRecordsError
+
+    objects = LocalObjectStore(tmp_path)
+    store = StudyStore(objects, "s")
+    store.write_spec({"name": "s"})
+    store.write_doc("state", {"finished": False})
+    objects.put_bytes(f"s/{name}", content)
+    with pytest.raises(CorruptRecordsError, match=f"s/{re.escape(name)}.* cannot be read"):
+        store.read_spec()
+        store.read_doc("state")
+        StudyStore(objects, "s").load_trials()

@@ -89,7 +89,7 @@ def resume_spec(
     data.update(storage=storage, broker=broker or None)
     if tensorboard:
         data["execution"] = {**data.get("execution", {}), "tensorboard": os.fspath(tensorboard)}
-    spec = parse_spec(data, source=f"the stored spec of {stored.spec.name}")
+    spec = parse_spec(data, source=f"the stored spec of {stored.spec.name}", stored=True)
     stored.store.write_doc("control", {"paused": False, "at": time.time(), "by": by})
     return spec
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pbt.analysis.study import StoredStudy, open_study
-from pbt.errors import NotFoundError
+from pbt.errors import NotFoundError, SpecError
 from pbt.lineage import ScheduleSegment, lineage, schedule, trial_json
 from pbt.spec import StudySpec
 from pbt.study_state import Ending, StudyState, ending
@@ -28,14 +28,21 @@ if TYPE_CHECKING:
 Per = Literal["trial", "evaluation"]
 
 
-def load_study(name: str, storage: str | os.PathLike = "runs") -> Study:
-    """Open study ``name`` in ``storage`` (a path, ``file:///abs/path`` or ``s3://bucket/prefix``).
+def load_study(name: str, storage: str | os.PathLike | None = "runs") -> Study:
+    """Open study ``name`` in ``storage`` (a path, ``file:///abs/path`` or ``s3://bucket/prefix``;
+    None: ``PBT_STORAGE``, else ``runs``).
 
     Read-only and safe while the study runs (it then reads as partial; :meth:`Study.refresh`
     reads again). Raises :class:`~pbt.errors.StudyNotFoundError` when there is no such study,
     :class:`~pbt.errors.StorageUnavailableError` when the storage cannot be read, and
     :class:`~pbt.errors.SpecError` when the stored spec no longer validates.
     """
+    if storage is None:
+        storage = os.environ.get("PBT_STORAGE") or "runs"
+    if not isinstance(storage, (str, os.PathLike)):
+        raise SpecError(f"storage: expected a path or a URI, got {type(storage).__name__} {storage!r:.60}")
+    if not isinstance(name, str):
+        raise SpecError(f"name: expected the study's name, a str, got {type(name).__name__} {name!r:.60}")
     storage = os.fspath(storage)
     return Study(open_study(storage, name), storage)
 

@@ -78,6 +78,7 @@ def logs(
         stored = open_study(storage, study)
         available = attempts_logged(stored.store.objects, study, trial)
         if not available:
+            stored.trial(trial)  # NotFoundError (exit 1) for a trial the study does not have
             console.print(f"trial {trial} of study {study} has no output kept (it printed nothing, or never ran)")
             raise typer.Exit(EXIT_FAILURE)
         chosen = attempt or available[-1]

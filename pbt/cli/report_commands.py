@@ -27,10 +27,16 @@ def report(
     """
     with cli_errors():
         from pbt.analysis.report import report_study
+        from pbt.errors import FatalError
         from pbt.names import validate_name
 
         target = out_dir or Path("reports", validate_name(study, "study name"))
-        rep = report_study(study, storage, target)
+        try:
+            rep = report_study(study, storage, target)
+        except OSError as exc:  # the output folder: not creatable, not a folder, full, read-only
+            if not str(exc.filename or "").startswith(str(target)):
+                raise
+            raise FatalError(f"{target}: cannot write the report: {exc.strerror or exc}") from None
         d = rep.data
         best = f"best {d.metric} {d.best_objective:.6g} ({d.best})" if d.best else "no completed trial yet"
         console.print(f"study {d.study} ({d.state}): {d.trials} trials, {best}; {len(d.edges)} parent links")

@@ -69,6 +69,7 @@ def worker(
         if trainers:
             env[ENV_TRAINERS] = trainers
         trust = WorkerTrust.from_env(env)  # a malformed storage URI fails here, not in every task
+        _check_settings(queues, gpus)
     except PbtError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
@@ -107,3 +108,21 @@ def worker(
         signal.signal(sig, forward)
     codes = [p.wait() for p in procs]
     raise typer.Exit(max(codes, default=0))
+
+
+def _check_settings(queues: str, gpus: str | None) -> None:
+    """What Celery would otherwise take as is: queue names (the study file's rule), the transport's
+    timing variables, and ``--gpus`` devices (indexes or GPU-/MIG- UUIDs, as CUDA_VISIBLE_DEVICES takes)."""
+    import re
+
+    from pbt.errors import SpecError
+    from pbt.names import validate_name
+    from pbt.tasks.celery_app import env_seconds
+
+    for queue in queues.split(","):
+        validate_name(queue.strip(), "queue name (--queues)")
+    env_seconds("PBT_VISIBILITY_TIMEOUT", 1)
+    env_seconds("PBT_UNACKED_RESTORE_INTERVAL", 1)
+    for device in (gpus or "").split(","):
+        if device.strip() and not re.fullmatch(r"[0-9]+|(?:GPU|MIG)-[0-9A-Za-z/-]+", device.strip()):
+            raise SpecError(f"--gpus: {device.strip()!r} is not a device index (0, 1, ...) or a GPU-/MIG- UUID")

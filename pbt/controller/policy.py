@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,6 +50,13 @@ def as_decisions(items: Iterable[EarlyStopDecision | str]) -> list[EarlyStopDeci
     return bare trial ids."""
     return [i if isinstance(i, EarlyStopDecision) else EarlyStopDecision(i, "stopped early by the policy")
             for i in items]
+
+
+#: True only while :func:`pbt.study_file.parse_spec` validates a study file (or dict) for a run:
+#: the checks that refuse options a new study would silently ignore, or a stopping rule that could
+#: never act, are made there, and never when a stored study's spec is read back (``pbt status``, a
+#: resume, the controller building its policy), so an existing study is not locked out of its records.
+NEW_STUDY_CHECKS: ContextVar[bool] = ContextVar("pbt_new_study_checks", default=False)
 
 
 class Options(BaseModel):

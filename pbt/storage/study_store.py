@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pbt.errors import NotFoundError, StorageError, StudyNotFoundError
+from pydantic import ValidationError
+
+from pbt.errors import CorruptRecordsError, NotFoundError, StorageError, StudyNotFoundError
 from pbt.names import validate_name
 from pbt.storage import open_object_store
 from pbt.storage.base import ObjectStore
@@ -54,22 +56,51 @@ class StudyStore:
 
     def read_spec(self) -> dict[str, Any]:
         try:
-            return json.loads(self.objects.get_bytes(self.key("spec.json")))
+            raw = self.objects.get_bytes(self.key("spec.json"))
         except NotFoundError:
             raise StudyNotFoundError(f"no study {self.study!r} in {self.objects.uri}") from None
+        return self._mapping("spec.json", raw)
 
     def write_doc(self, name: str, doc: dict[str, Any]) -> None:
         self.objects.put_bytes(self.key(name + ".json"), json.dumps(doc, sort_keys=True).encode())
 
     def read_doc(self, name: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.objects.get_bytes(self.key(name + ".json")))
+            raw = self.objects.get_bytes(self.key(name + ".json"))
         except NotFoundError:
             return None
+        return self._mapping(name + ".json", raw)
+
+    def _mapping(self, name: str, raw: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:  # not JSON, not UTF-8
+            raise self._corrupt(name, exc) from None
+        if not isinstance(doc, dict):
+            raise self._corrupt(name, f"a JSON {type(doc).__name__}, not an object")
+        return doc
+
+    def _corrupt(self, name: str, cause: Any) -> CorruptRecordsError:
+        why = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else cause
+        return CorruptRecordsError(
+            f"study {self.study}: {self.objects.uri.rstrip('/')}/{self.key(name)} cannot be read ({str(why)[:200]}); "
+            "it was changed by something other than pbt: restore it from a backup, or delete the study with "
+            f"`pbt clear {self.study} --storage ... --force`"
+        )
 
     # Trial records --------------------------------------------------------------------------
 
     def load_trials(self) -> list[Trial]:
+        """Every trial, in creation order. Also primes this instance to append after them.
+
+        Raises CorruptRecordsError when a stored record is not a valid trial."""
+        try:
+            return self._load_trials()
+        except ValidationError as exc:
+            why = f"a trial record is invalid: {exc.errors()[0].get('msg')}"
+            raise self._corrupt(f"{_SNAPSHOT} or journal/", why) from None
+
+    def _load_trials(self) -> list[Trial]:
         """Every trial, in creation order. Also primes this instance to append after them."""
         for _ in range(_READ_RETRIES):
             try:
@@ -84,11 +115,16 @@ class StudyStore:
         records: dict[str, dict[str, Any]] = {}
         seq = 0
         try:
-            snapshot = json.loads(gzip.decompress(self.objects.get_bytes(self.key(_SNAPSHOT))))
-            seq = snapshot["seq"]
-            records = {r["id"]: r for r in snapshot["trials"]}
+            raw = self.objects.get_bytes(self.key(_SNAPSHOT))
         except NotFoundError:
-            pass
+            raw = None
+        if raw is not None:
+            try:
+                snapshot = json.loads(gzip.decompress(raw))
+                seq = int(snapshot["seq"])
+                records = {r["id"]: r for r in snapshot["trials"]}
+            except (ValueError, EOFError, OSError, LookupError, TypeError) as exc:  # truncated, not gzip/JSON
+                raise self._corrupt(_SNAPSHOT, exc) from None
         prefix = self.key("journal") + "/"
         since = 0
         for info in self.objects.list(prefix, start_after=prefix + _segment_name(seq)):
@@ -96,12 +132,15 @@ class StudyStore:
             if number != seq + 1:
                 raise _Raced()
             try:
-                segment = json.loads(self.objects.get_bytes(info.key))
+                raw = self.objects.get_bytes(info.key)
             except NotFoundError:
                 raise _Raced() from None
-            for record in segment["records"]:
-                records[record["id"]] = record
-                since += 1
+            try:
+                for record in json.loads(raw)["records"]:
+                    records[record["id"]] = record
+                    since += 1
+            except (ValueError, LookupError, TypeError) as exc:
+                raise self._corrupt(info.key.rsplit("/", 2)[-2] + "/" + info.key.rsplit("/", 1)[1], exc) from None
             seq = number
         return records, seq, since
 

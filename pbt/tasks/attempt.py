@@ -381,6 +381,9 @@ class _Attempt:
         t0 = time.perf_counter()
         directory.mkdir(parents=True)
         self.trainer.save(directory)
+        if not any(p.is_file() for p in directory.rglob("*")):  # the same for every trial: end the study
+            raise TrainerContractError("the trainer's save(directory) wrote no file into the directory it was given; "
+                                       "a checkpoint must hold everything needed to continue training")
         name = checkpoint_name(self.task.study, self.task.trial_id, self.steps_done)
         meta = {
             "trial": self.task.trial_id,

@@ -8,10 +8,12 @@ same configuration from here.
 
 from __future__ import annotations
 
+import math
 import os
 
 from celery import Celery
 
+from pbt.errors import SpecError
 from pbt.tasks import channels
 
 TASK_NAME = "pbt.run_trial"
@@ -39,10 +41,25 @@ def make_app(broker: str | None = None) -> Celery:
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
-            "visibility_timeout": float(os.environ.get("PBT_VISIBILITY_TIMEOUT", 6 * 3600)),
-            "unacked_restore_interval": float(os.environ.get("PBT_UNACKED_RESTORE_INTERVAL", 10)),
+            "visibility_timeout": env_seconds("PBT_VISIBILITY_TIMEOUT", 6 * 3600),
+            "unacked_restore_interval": env_seconds("PBT_UNACKED_RESTORE_INTERVAL", 10),
             "unacked_restore_throttle": 1,
         },
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment variable ``name`` (``default`` when
+    unset); SpecError naming the variable otherwise, instead of a traceback from Celery's loader."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SpecError(f"{name}={raw!r}: expected a positive number of seconds")
+    return value

@@ -13,8 +13,10 @@ passes none.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pbt.errors import TrainerContractError
 from pbt.trainers.base import Trainer
@@ -117,7 +119,11 @@ class TrainerDriver:
                 f"the trainer's evaluate() returned {count} metrics; at most {MAX_METRICS} are kept per "
                 "evaluation: report summaries, not per-example values"
             )
-        values = {str(k): float(v) for k, v in dict(raw).items()}
+        if not isinstance(raw, Mapping):
+            raise TrainerContractError(
+                f"the trainer's evaluate() returned {type(raw).__name__}, not a mapping of metric names to numbers"
+            )
+        values = {str(k): _number(str(k), v) for k, v in raw.items()}
         if len(values) > MAX_METRICS:
             raise TrainerContractError(
                 f"the trainer's evaluate() returned {len(values)} metrics; at most {MAX_METRICS}"
@@ -130,3 +136,22 @@ class TrainerDriver:
             )
         self.metrics.append(MetricReport(step=self.step, lineage_step=self.lineage_step, values=values))
         return values
+
+
+def _number(name: str, value: Any) -> float:
+    """A metric's value as a float (a number, a numpy or torch scalar, a numeric string);
+    TrainerContractError naming the metric for anything else (a bool, a word, a container, None):
+    the trainer's code, the same for every trial. An integer too large for a float is infinite,
+    which the caller treats as any non-finite value."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TrainerContractError(
+            f"the trainer's evaluate() returned {type(value).__name__} {value!r:.60} for {name!r}, not a number"
+        )
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        raise TrainerContractError(
+            f"the trainer's evaluate() returned {type(value).__name__} {value!r:.60} for {name!r}, not a number"
+        ) from None

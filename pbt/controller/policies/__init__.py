@@ -36,7 +36,29 @@ def policy_class(name: str) -> type[Policy]:
 
 
 def make_policy(spec: StudySpec) -> Policy:
-    return policy_class(spec.algorithm.name)(spec)
+    """The study's policy. A custom one (``package.module:MyPolicy``) has its suggestions checked
+    against the search space, as an explore hook's are: a value out of range, of the wrong type, or
+    a parameter missing or unknown ends the study with a message naming the policy and the value,
+    instead of sending trainers hyperparameters the study file does not allow."""
+    policy = policy_class(spec.algorithm.name)(spec)
+    if spec.algorithm.name not in BUILTIN:
+        policy.suggest = _checked_suggest(policy, spec)  # type: ignore[method-assign]
+    return policy
+
+
+def _checked_suggest(policy: Policy, spec: StudySpec) -> Any:
+    from pbt.controller.explore import checked
+
+    suggest = policy.suggest
+    who = f"policy {spec.algorithm.name}"
+
+    def checked_suggest(trials: Any, k: int) -> Any:
+        out = suggest(trials, k)
+        for s in out or ():
+            checked(getattr(s, "params", s), spec.parameters, who)
+        return out
+
+    return checked_suggest
 
 
 def validate_options(spec: StudySpec, *, check_imports: bool = True) -> dict[str, Any]:
@@ -51,6 +73,11 @@ def validate_options(spec: StudySpec, *, check_imports: bool = True) -> dict[str
         if sep and field in cls.Options.model_fields:  # the policy named the option: name it in full
             raise SpecError(f"algorithm.options.{field}: {reason}") from None
         raise SpecError(f"algorithm.options: {exc}") from None
+    except SpecError:
+        raise
+    except Exception as exc:  # a custom policy's bug (an abstract method left out, a RuntimeError)
+        raise SpecError(f"algorithm.name: policy {spec.algorithm.name!r} cannot be built: "
+                        f"{type(exc).__name__}: {exc}") from None
     if check_imports:
         policy.check_imports()
     return options.model_dump(mode="json", exclude_unset=True)

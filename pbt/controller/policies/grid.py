@@ -44,7 +44,13 @@ class GridSearch(FromScratch):
         self.steps_per_trial = self.share_steps(len(self.points), self.options.steps_per_trial)
 
     def _check_size(self) -> None:
-        """Refuse a grid too large to build, computing its size before building anything."""
+        """Refuse a grid too large to build, computing its size before building anything; and an
+        explicit grid that names no parameter of the space or gives one no value."""
+        for name, values in (self.options.grid or {}).items():
+            if name not in self.space:
+                raise ValueError(f"grid.{name}: not a parameter of the search space ({', '.join(self.space)})")
+            if not values:
+                raise ValueError(f"grid.{name}: give at least one value")
         sizes = {}
         for name, param in self.space.items():
             if self.options.grid and name in self.options.grid:

@@ -67,10 +67,10 @@ from pbt.controller.evolution import (
 )
 from pbt.controller.explore import Explorer, Hook, Perturb, Session, check_rule, load_hook
 from pbt.controller.pb2 import PB2, import_sklearn
-from pbt.controller.policy import Options, Policy
+from pbt.controller.policy import NEW_STUDY_CHECKS, Options, Policy
 from pbt.controller.view import TrialView
 from pbt.importing import import_path
-from pbt.space import sample_params
+from pbt.space import FloatParam, IntParam, sample_params
 from pbt.trial import MetricReport, Suggestion, Trial, TrialStatus
 
 #: Trials of each other member, created before the judged one, searched for a comparable
@@ -127,6 +127,12 @@ class PBTOptions(Options):
             v = import_path(v)
         return check_rule(v) if isinstance(v, str) else v
 
+    @field_validator("perturb_factors", mode="before")
+    @classmethod
+    def _factors_list(cls, v: Any) -> Any:
+        """YAML and JSON have no tuple: ``[0.8, 1.2]`` in a study file (or a stored spec) is the pair."""
+        return tuple(v) if isinstance(v, list) else v
+
     @field_validator("early_stop", mode="before")
     @classmethod
     def _early_stop(cls, v: Any) -> Any:
@@ -137,6 +143,18 @@ class PBTOptions(Options):
         lo, hi = self.perturb_factors
         if not (0 < lo < 1 < hi):
             raise ValueError("perturb_factors must be (down, up) with 0 < down < 1 < up")
+        ignored = {
+            "truncation_fraction": self.selection != "truncation" and "truncation_fraction" in self.model_fields_set,
+            "window_generations": self.selection != "tournament" and "window_generations" in self.model_fields_set,
+        }
+        for option, unused in ignored.items():
+            if unused and NEW_STUDY_CHECKS.get():
+                raise ValueError(f"{option} applies to selection: "
+                                 f"{'truncation' if option == 'truncation_fraction' else 'tournament'}, and this "
+                                 f"study uses selection: {self.selection}; remove one of the two")
+        if "pb2_window" in self.model_fields_set and self.explore != "pb2" and NEW_STUDY_CHECKS.get():
+            raise ValueError("pb2_window applies to explore: pb2; this study explores with "
+                             f"{self.explore!r}: remove one of the two")
         peers = self.early_stop.min_peers if self.early_stop is not None else None
         if peers is not None and peers > self.population_size - 1:
             raise ValueError(f"early_stop.min_peers ({self.early_stop.min_peers}) must be below population_size "
@@ -185,6 +203,10 @@ class PBT(Policy):
             if not isinstance(self.fitness_model, ScalarFitness):
                 raise ValueError("explore: pb2 models the improvement of one number: with several objectives, "
                                  "give fitness_weights (or use explore: perturb)")
+            numeric = any(isinstance(p, (FloatParam, IntParam)) and p.mutable for p in self.space.values())
+            if not numeric and NEW_STUDY_CHECKS.get():
+                raise ValueError("explore: pb2 chooses float and int parameters, and this search space has no "
+                                 "mutable one: it would only ever perturb (use explore: perturb)")
             return PB2(self.space, self.reproduction, self.fitness_model, self.report_fitness,
                        self.options.pb2_window)
         return Hook(rule, self.space)

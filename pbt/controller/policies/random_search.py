@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from pbt.controller.policy import FromScratch, Options
+from pbt.controller.policy import NEW_STUDY_CHECKS, FromScratch, Options
 from pbt.space import sample_params
 from pbt.trial import Suggestion, Trial
 
@@ -39,6 +39,23 @@ class RandomSearch(FromScratch):
         self.num_trials = self.resolve_num_trials(self.options.num_trials)
         self.steps_per_trial = self.share_steps(self.num_trials, self.options.steps_per_trial)
         self.stops_early = self.options.median_stopping
+        if not NEW_STUDY_CHECKS.get():
+            return  # a stored study: read it as it was written
+        if not self.stops_early and "min_completed_for_stopping" in self.options.model_fields_set:
+            raise ValueError("min_completed_for_stopping applies to median_stopping, which is off: set "
+                             "median_stopping: true, or remove it")
+        if self.stops_early:
+            every = spec.execution.checkpoint_every
+            if every is None or every >= self.steps_per_trial or not spec.execution.evaluate_every_checkpoint:
+                raise ValueError(
+                    "median_stopping judges intermediate evaluations: set execution.checkpoint_every below "
+                    f"steps_per_trial ({self.steps_per_trial}) and keep execution.evaluate_every_checkpoint on"
+                )
+            if self.options.min_completed_for_stopping >= self.num_trials:
+                raise ValueError(
+                    f"min_completed_for_stopping ({self.options.min_completed_for_stopping}) must be below "
+                    f"num_trials ({self.num_trials}), or median stopping can never stop a trial"
+                )
 
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         rng = self.rng(trials)
