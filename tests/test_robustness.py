@@ -204,6 +204,20 @@ def test_a_worker_runs_only_what_its_configuration_allows(tmp_path, broker):
         pool.stop_all()
 
 
+def test_a_worker_with_no_storage_configured_serves_the_folder_it_started_in(tmp_path, monkeypatch):
+    from pbt.storage import normalize_uri
+    from pbt.tasks.trust import WorkerTrust
+
+    monkeypatch.chdir(tmp_path)  # `pbt worker` and `pbt run --storage store` started side by side
+    trust = WorkerTrust.from_env({})
+    assert trust.serves_storage(normalize_uri("store")) and trust.serves_storage(normalize_uri(str(tmp_path)))
+    assert not trust.serves_storage(normalize_uri(str(tmp_path.parent / "elsewhere")))
+    assert not trust.serves_storage(normalize_uri(str(tmp_path / "..")))
+    assert WorkerTrust.from_env({"PBT_STORAGE": "s3://bucket/pbt"}).storages == ("s3://bucket/pbt",)
+    monkeypatch.chdir("/")  # a service started in / with nothing configured serves nothing
+    assert WorkerTrust.from_env({}).storages == ()
+
+
 def test_a_study_whose_trainer_no_worker_allows_ends_saying_so(tmp_path, broker):
     modules = tmp_path / "modules"
     modules.mkdir()

@@ -45,7 +45,7 @@ def worker(
     storage: str | None = typer.Option(
         None, "--storage", "-s",
         help="comma-separated storage URIs this worker serves (tasks for others are refused); "
-             "default PBT_WORKER_STORAGE, else PBT_STORAGE",
+             "default PBT_WORKER_STORAGE, else PBT_STORAGE, else the folder the worker starts in",
     ),
     trainers: str | None = typer.Option(
         None, "--trainers",

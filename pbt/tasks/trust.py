@@ -10,7 +10,9 @@ checks every field of a task it is about to use (DESIGN.md, "Trust model"):
   A message that fails here is :class:`Malformed`: it is dead-lettered and nothing runs.
 * **storage**: the task's storage URI must be one the worker serves, or below one:
   ``pbt worker --storage URI[,URI...]``, else ``PBT_WORKER_STORAGE``, else ``PBT_STORAGE`` (the
-  variable ``pbt run`` reads). A worker configured with none serves none. Without this, a
+  variable ``pbt run`` reads), else the folder the worker was started in (``file://`` and below,
+  as the embedded default keeps its records under the folder ``pbt run`` starts in; never the
+  filesystem root, where a worker configured with nothing serves nothing). Without this, a
   message could make a worker write checkpoints anywhere it can write, or load a checkpoint —
   which for most trainers means unpickling — from a bucket the sender controls.
 * **trainer**: the trainer's import path must start with one of the operator's prefixes:
@@ -73,6 +75,12 @@ class NotServed(Refused):
         self.task = task
 
 
+def _working_directory() -> str:
+    """The default storage a worker serves: its working directory, unless that is ``/``."""
+    cwd = os.path.realpath(os.getcwd())
+    return "" if cwd == os.path.sep else cwd
+
+
 @dataclass(frozen=True)
 class WorkerTrust:
     """The storages and trainers one worker serves, from its own configuration."""
@@ -83,7 +91,7 @@ class WorkerTrust:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerTrust:
         env = os.environ if env is None else env
-        raw = env.get(ENV_STORAGE) or env.get("PBT_STORAGE") or ""
+        raw = env.get(ENV_STORAGE) or env.get("PBT_STORAGE") or _working_directory()
         storages = tuple(normalize_uri(s.strip()) for s in raw.split(",") if s.strip())
         extra = tuple(t.strip() for t in env.get(ENV_TRAINERS, "").split(",") if t.strip())
         return cls(storages, BUILTIN_TRAINERS + extra)
