@@ -132,7 +132,9 @@ class TrialTask(_Model):
     trainer: str
     trainer_config: dict[str, Any] = Field(default_factory=dict)
     objective_metric: str
-    further_objective_metrics: list[str] = Field(default_factory=list)  # a study's other objectives
+    # Metrics besides the objective every evaluation must report and keep finite: the study's
+    # other objectives and what the policy's fitness weighs (Policy.required_metrics).
+    further_objective_metrics: list[str] = Field(default_factory=list)
     seed: int
     checkpoint_every: int | None = None
     evaluate_every_checkpoint: bool = True

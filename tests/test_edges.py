@@ -61,6 +61,20 @@ def test_an_objective_metric_the_trainer_never_reports_stops_the_study_at_its_fi
     assert data["state"]["reason"] == "fatal_error"
 
 
+def test_a_fitness_weight_on_a_metric_the_trainer_never_reports_stops_the_study_at_its_first_result(tmp_path):
+    # Same kind as metric-missing: a weight on a metric nobody returns ranked every member at
+    # -inf, so PBT never exploited and the study ran to its end with exit 0.
+    data = toy_data(name="weight-typo", algorithm={"options": {"population_size": 4, "steps_per_trial": 50,
+                                                               "fitness_weights": {"q": 1.0, "acuracy": 0.5}}},
+                    budget={"total_steps": 2000}, trainer={"config": {"sleep_per_step": 0.002}})
+    study = write_study(tmp_path / "s.yaml", data)
+    proc = pbt("run", str(study), "--storage", str(tmp_path / "runs"), "--workers", "2", "-q", timeout=60)
+    assert proc.returncode == 1
+    assert "returned no ['acuracy'] (got ['q'])" in proc.stderr
+    data = status("weight-typo", str(tmp_path / "runs"))
+    assert len(data["trials"]) == 4 and data["state"]["reason"] == "fatal_error"
+
+
 MEDIAN = {"name": "random", "options": {"num_trials": 16, "steps_per_trial": 200, "median_stopping": True,
                                         "min_completed_for_stopping": 3}}
 

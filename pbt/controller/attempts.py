@@ -16,7 +16,7 @@ be re-published for ever.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from pbt.controller.ledger import Ledger
 from pbt.controller.policy import EarlyStopDecision
@@ -33,9 +33,13 @@ class Attempts:
     """The attempts in flight, at most one per trial."""
 
     def __init__(
-        self, spec: StudySpec, executor: Executor, ledger: Ledger, storage_uri: str, clock: Callable[[], float]
+        self, spec: StudySpec, executor: Executor, ledger: Ledger, storage_uri: str, clock: Callable[[], float],
+        required_metrics: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
+        # Besides the objective, what every evaluation must report (Policy.required_metrics).
+        self.required_metrics = list(required_metrics if required_metrics is not None
+                                     else [o.metric for o in spec.further_objectives])
         self.executor = executor
         self.ledger = ledger
         self.storage_uri = storage_uri
@@ -214,7 +218,7 @@ class Attempts:
             trainer=self.spec.trainer.path,
             trainer_config=self.spec.trainer.config,
             objective_metric=self.spec.objective.metric,
-            further_objective_metrics=[o.metric for o in self.spec.further_objectives],
+            further_objective_metrics=self.required_metrics,
             seed=self.spec.seed,
             checkpoint_every=execution.checkpoint_every,
             evaluate_every_checkpoint=execution.evaluate_every_checkpoint,

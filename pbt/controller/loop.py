@@ -76,7 +76,7 @@ class Controller:
         # (pbt.tensorboard.LiveTensorBoard hands the writing to a thread of its own).
         self.ledger.listeners.extend(record_listeners)
         self.ordering = make_ordering(spec.execution.ordering, self.ledger)
-        self.attempts = Attempts(spec, executor, self.ledger, objects.uri, clock)
+        self.attempts = Attempts(spec, executor, self.ledger, objects.uri, clock, self.policy.required_metrics())
         self.control = Control(self.store, clock)
         self.failures = FailureRules(spec.execution, self.ledger)
         self.stopping = EarlyStopping(self.policy, self.ordering, self.ledger, self.attempts)

@@ -116,6 +116,13 @@ class Policy(ABC):
         those work on a machine without them. Default: nothing to import."""
         return None
 
+    def required_metrics(self) -> list[str]:
+        """Metrics besides the objective that every evaluation must report, because the policy's
+        decisions read them: the study's other objectives by default. A trial whose evaluation
+        misses one fails with a study-scoped error (every trial would miss it), so the study ends
+        at its first result instead of ranking every member as the worst."""
+        return [o.metric for o in self.spec.further_objectives]
+
     @abstractmethod
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         """Up to ``k`` new trials given every trial so far (in creation order); [] when done."""

@@ -303,7 +303,7 @@ class _Attempt:
         if missing:
             raise TrainerContractError(
                 f"the trainer's evaluate() returned no {missing} (got {sorted(values)}); "
-                "check objective in the study file"
+                "check objective (and the policy's fitness_weights) in the study file"
             )
         diverged = self._non_finite(values)
         if diverged:

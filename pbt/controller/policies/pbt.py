@@ -240,6 +240,15 @@ class PBT(Policy):
         value = self.report_fitness(reports[-1]) if reports else None
         return value if value is not None and math.isfinite(value) else None
 
+    def required_metrics(self) -> list[str]:
+        """The other objectives, and every metric ``fitness_weights`` weighs (a weight on a metric
+        the trainer never returns would rank every member at -inf: PBT that never exploits)."""
+        needed = super().required_metrics()
+        for metric in self.options.fitness_weights or {}:
+            if metric != self.objective.metric and metric not in needed:
+                needed.append(metric)
+        return needed
+
     def suggest(self, trials: Sequence[Trial], k: int) -> list[Suggestion]:
         steps = self.options.steps_per_trial
         room = self.room(trials)
