@@ -150,3 +150,18 @@ def test_a_log_that_cannot_be_written_does_not_stop_the_study(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "TensorBoard log in" in proc.stderr and "stopped" in proc.stderr
     assert status("toy", str(tmp_path / "runs"))["state"]["finished"] is True
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path):
+    from types import SimpleNamespace
+
+    from pbt.analysis.export import write_csv
+    from pbt.trial import Trial
+
+    trial = Trial(id="t000000", number=0, study="toy", member=0, generation=0, params={"opt": "-adam", "h0": -0.5},
+                  steps=4, status="failed", error='=HYPERLINK("http://x","click")')
+    out = tmp_path / "t.csv"
+    assert write_csv(SimpleNamespace(trials=[trial]), out) == 1
+    row = next(csv.DictReader(out.open()))
+    assert row["error"] == "'=HYPERLINK(\"http://x\",\"click\")" and row["params.opt"] == "'-adam"
+    assert float(row["params.h0"]) == -0.5  # numbers stay numbers

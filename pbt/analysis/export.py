@@ -75,13 +75,16 @@ def columns(table: Iterable[dict[str, Any]]) -> list[str]:
 def write_csv(study: StoredStudy, out: str | Path, per: Per = "trial") -> int:
     """Write the study's trials (or evaluations) as CSV to ``out`` (``-``: stdout); returns the rows.
 
-    Missing values are empty cells; NaN and infinities are written as ``nan``, ``inf``.
+    Missing values are empty cells; NaN and infinities are written as ``nan``, ``inf``. A text
+    cell that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return; OWASP's "CSV injection") is written with a leading ``'``: trial
+    metadata and errors hold text a trainer chose.
     """
     table = rows(study.trials, per)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(table), restval="", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in table)
     if str(out) == "-":
         sys.stdout.write(buf.getvalue())
     else:
@@ -92,6 +95,17 @@ def write_csv(study: StoredStudy, out: str | Path, per: Per = "trial") -> int:
         except OSError as exc:
             raise FatalError(f"{path}: cannot write the CSV file: {exc.strerror or exc}") from None
     return len(table)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def write_tensorboard(study: StoredStudy, out_dir: str | Path) -> Path:

@@ -38,7 +38,10 @@ def report(
                 raise
             raise FatalError(f"{target}: cannot write the report: {exc.strerror or exc}") from None
         d = rep.data
-        best = f"best {d.metric} {d.best_objective:.6g} ({d.best})" if d.best else "no completed trial yet"
+        if d.best:
+            best = f"best {d.metric} {d.best_objective:.6g} ({d.best})"
+        else:  # a study that ended without a result says how, not "yet"
+            best = f"no completed trial ({d.ended})" if d.ended else "no completed trial yet"
         console.print(f"study {d.study} ({d.state}): {d.trials} trials, {best}; {len(d.edges)} parent links")
         out.print(str(rep.html.resolve()), highlight=False, soft_wrap=True)
 
