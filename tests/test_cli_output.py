@@ -55,3 +55,25 @@ def test_tables_are_not_wrapped_at_80_columns_when_piped():
     lines = proc.stdout.splitlines()
     assert len(lines) == 5 and "column number 7" in lines[1]  # one row, one header line: no wrapping
     assert 80 < max(len(line) for line in lines) <= 200
+
+
+def test_json_commands_print_one_object_even_when_they_cannot_start(tmp_path):
+    import json
+    from pathlib import Path
+
+    from pbt.testing import free_port, pbt
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nobjective: {metric: q, mode: up}\n")
+    usage = pbt("run", str(bad), "--storage", str(tmp_path / "runs"), "--json")
+    assert usage.returncode == 2
+    doc = json.loads(usage.stdout)
+    assert doc["outcome"] == "error" and doc["reason"] == "usage" and doc["exit_code"] == 2 and "mode" in doc["message"]
+    missing = pbt("status", "nope", "--storage", str(tmp_path / "runs"), "--json")
+    assert missing.returncode == 1 and json.loads(missing.stdout)["message"].startswith("no study 'nope'")
+    toy = tmp_path / "toy.yaml"
+    toy.write_text((Path(__file__).parents[1] / "examples" / "toy.yaml").read_text())
+    down = pbt("run", str(toy), "--storage", str(tmp_path / "runs"), "--json",
+               "--broker", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    doc = json.loads(down.stdout)
+    assert down.returncode == 5 and doc["reason"] == "environment" and "hunter2" not in down.stdout + down.stderr

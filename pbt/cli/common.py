@@ -53,32 +53,47 @@ def setup_logging(verbose: int) -> None:
 
 
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn pbt's errors into a one-paragraph message and a meaningful exit code."""
+def cli_errors(json_out: bool = False) -> Iterator[None]:
+    """Turn pbt's errors into a one-paragraph message and a meaningful exit code.
+
+    With ``json_out`` (a command's ``--json``), stdout also gets one JSON object
+    ``{"outcome": "error", "reason": "usage|locked|environment|error|interrupted", "message",
+    "exit_code"}``, so a script reading stdout always gets an object.
+    """
     try:
         yield
     # Messages are text, not markup: "pip install 'pbt[tensorboard]'" must print its brackets.
     except SpecError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        _fail(str(exc), EXIT_USAGE, "usage", json_out)
     except StudyLockedError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_LOCKED) from None
+        _fail(str(exc), EXIT_LOCKED, "locked", json_out)
     except (ServiceError, StorageError) as exc:
-        console.print(f"[red]error:[/red] {escape(redact_secrets(str(exc)))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ENVIRONMENT) from None
+        _fail(redact_secrets(str(exc)), EXIT_ENVIRONMENT, "environment", json_out)
     except PbtError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_FAILURE) from None
+        _fail(str(exc), EXIT_FAILURE, "error", json_out)
     except KeyboardInterrupt:
         console.print("interrupted; the study resumes from its records with the same command")
+        if json_out:
+            _print_error_json("interrupted", "interrupted", EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if not _is_broker_error(exc):
             raise
-        console.print(f"[red]error:[/red] the broker is unusable: {type(exc).__name__}: "
-                      f"{escape(redact_secrets(str(exc)))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ENVIRONMENT) from None
+        message = f"the broker is unusable: {type(exc).__name__}: {redact_secrets(str(exc))}"
+        _fail(message, EXIT_ENVIRONMENT, "environment", json_out)
+
+
+def _fail(message: str, code: int, reason: str, json_out: bool) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=code == EXIT_ENVIRONMENT)
+    if json_out:
+        _print_error_json(reason, message, code)
+    raise typer.Exit(code) from None
+
+
+def _print_error_json(reason: str, message: str, code: int) -> None:
+    import json
+
+    print(json.dumps({"outcome": "error", "reason": reason, "message": message, "exit_code": code}), flush=True)
 
 
 def _is_broker_error(exc: BaseException) -> bool:

@@ -84,7 +84,7 @@ def resume(
     Locked: another controller still holds the study; it sees the cleared flag and carries on.
     """
     setup_logging(verbose)
-    with cli_errors():
+    with cli_errors(json_out):
         from pbt.analysis.study import open_study
         from pbt.api.specs import resume_spec
         from pbt.errors import StudyLockedError

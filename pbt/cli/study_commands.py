@@ -41,7 +41,7 @@ def run(
 ) -> None:
     """Run a study to the end, or resume it from its records if it already exists."""
     setup_logging(verbose)
-    with cli_errors():
+    with cli_errors(json_out):
         from pbt.api import study_spec
 
         spec = study_spec(study_file, storage=storage, broker=broker, seed=seed, name=name, tensorboard=tensorboard)
@@ -155,7 +155,7 @@ def status(
     )] = None,
 ) -> None:
     """Show a study: progress and ETA, workers busy/idle, best so far, top trials (works while it runs)."""
-    with cli_errors():
+    with cli_errors(json_out):
         from pbt.analysis.status import overview
         from pbt.api import load_study
         from pbt.cli import live
