@@ -295,7 +295,10 @@ def run_ray(workload: str, seed: int, steps: int, interval: int, reps: int, repo
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, num_samples=POPULATION),
+            # reuse_actors: what Ray's PBT asks for ("Consider boosting PBT performance by enabling
+            # `reuse_actors`"); without it every exploit starts a new actor process.
+            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, num_samples=POPULATION,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=f"{workload}-{interval}-{report_every}-s{seed}", storage_path=str(root),
                                       stop={"step": steps}, verbose=0, callbacks=[watch]),
         )
