@@ -40,6 +40,7 @@ Usage: python benchmarks/vs_ray.py [--seeds 3] [--toy-steps 200] [--overhead-ste
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -289,7 +290,8 @@ def run_ray(workload: str, seed: int, steps: int, interval: int, reps: int, repo
         custom_explore_fn=_clip_unit(keys),
     )
     epoch, started = time.time(), time.perf_counter()
-    ray.init(num_cpus=POPULATION, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its tables to stdout even at verbose=0
+        ray.init(num_cpus=POPULATION, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     init = time.perf_counter() - started
     try:
         tuner = tune.Tuner(
@@ -302,7 +304,8 @@ def run_ray(workload: str, seed: int, steps: int, interval: int, reps: int, repo
             run_config=tune.RunConfig(name=f"{workload}-{interval}-{report_every}-s{seed}", storage_path=str(root),
                                       stop={"step": steps}, verbose=0, callbacks=[watch]),
         )
-        grid = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):
+            grid = tuner.fit()
         wall = time.perf_counter() - started
     finally:
         ray.shutdown()
