@@ -30,7 +30,9 @@ interval), and ``best`` (the best objective any member reported: Q for the toy).
 seed and as medians: pbt/Ray wall-time ratios, overhead = wall ÷ the plain processes' wall,
 and the targets (pbt wall ≤ 0.2× Ray's for equal work; pbt's best Q ≥ Ray's median best Q).
 
-Prints one JSON object and writes it to ``--out``. Needs the ``bench`` extra
+Ray's workers run at nice 0 here, as pbt's do (Ray's default is 15: on a shared machine that alone
+would slow it); ``reuse_actors=True``, as Ray's PBT recommends. Prints one JSON object and
+writes it to ``--out``. Needs the ``bench`` extra
 (``pip install -e '.[bench]'``: Ray Tune); Ray is never a dependency of pbt or of its tests.
 
 Usage: python benchmarks/vs_ray.py [--seeds 3] [--toy-steps 200] [--overhead-steps 120]
@@ -310,6 +312,7 @@ def run_ray(workload: str, seed: int, steps: int, interval: int, reps: int, repo
     finally:
         ray.shutdown()
     assert not grid.errors, grid.errors
+    final_steps = [int(r.metrics.get("step", 0)) for r in grid]
     assert watch.first is not None
     return {
         "wall_s": wall,
@@ -318,6 +321,8 @@ def run_ray(workload: str, seed: int, steps: int, interval: int, reps: int, repo
         "best": watch.best,
         "reports": watch.reports,
         "report_every": report_every,
+        "final_steps": final_steps,  # each member's last reported step: equal work means all are `steps`
+        "incomplete": sum(1 for step in final_steps if step < steps),
     }
 
 
@@ -384,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench-results" / "vs_ray.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # pbt's workers import vs_ray:NumpyTrainer
+    # Ray starts its workers at nice 15 by default; pbt's workers and the plain processes run at
+    # nice 0. On a shared machine that alone would slow Ray, so give its workers the same priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
     import ray
 
