@@ -27,8 +27,9 @@ start included; ray.shutdown not), ``ray_init_s``, ``first_result_s`` (from the 
 first result the controller/driver sees: pbt's first finished trial, Ray's first
 ``on_trial_result``; Ray's per-step variant reports after 1 step, the others after one
 interval), and ``best`` (the best objective any member reported: Q for the toy). Printed per
-seed and as medians: pbt/Ray wall-time ratios, overhead = wall ÷ the plain processes' wall,
-and the targets (pbt wall ≤ 0.2× Ray's for equal work; pbt's best Q ≥ Ray's median best Q).
+seed and as medians: pbt/Ray wall-time ratios, ``overhead`` = wall ÷ the plain processes' wall
+(for Ray also ``overhead_excluding_init``; ``overhead_ms_per_step`` = the extra wall time per
+step of a member), and the targets (pbt wall ≤ 0.2× Ray's for equal work; pbt's best Q ≥ Ray's median best Q).
 
 Ray's workers run at nice 0 here, as pbt's do (Ray's default is 15: on a shared machine that alone
 would slow it); ``reuse_actors=True``, as Ray's PBT recommends. Prints one JSON object and
@@ -36,7 +37,7 @@ writes it to ``--out``. Needs the ``bench`` extra
 (``pip install -e '.[bench]'``: Ray Tune); Ray is never a dependency of pbt or of its tests.
 
 Usage: python benchmarks/vs_ray.py [--seeds 3] [--toy-steps 200] [--overhead-steps 120]
-       [--intervals 4 10] [--step-ms 10] [--out bench-results/vs_ray.json]
+       [--intervals 4 10] [--step-ms 10 | --reps N] [--workloads toy numpy] [--out bench-results/vs_ray.json]
 """
 
 from __future__ import annotations
