@@ -27,6 +27,7 @@ from kombu import Connection, Producer
 from test_embedded_study import assert_complete_and_once
 
 from pbt.tasks import deadletter
+from pbt.tasks.channels import result_stream
 from pbt.testing import RedisServer, Workers, free_port, pbt, status, wait_for, write_study
 from pbt.trial import TrialTask
 
@@ -194,10 +195,9 @@ def test_a_worker_runs_only_what_its_configuration_allows(tmp_path, broker):
         assert "does not serve storage" in reasons and "does not run trainer 'evil_trainer:Trainer'" in reasons
         # A well-formed task this worker does not serve is also reported to its study, so the
         # controller can re-publish it and end a study no worker can serve.
-        with Connection(url) as conn:
-            results = conn.SimpleQueue("pbt.lineage.forged")
-            got = [results.get(timeout=5).payload for _ in range(4)]
-            results.close()
+        client = redis.Redis.from_url(url)
+        wait_for(lambda: client.xlen(result_stream("forged")) >= 4, 5, what="the refusals on the result stream")
+        got = [json.loads(fields[b"m"]) for _, fields in client.xrange(result_stream("forged"))][:4]
         assert {r["scope"] for r in got} == {"worker"} and all(r["status"] == "failed" for r in got)
         assert any("--trainers" in r["error"] for r in got) and any("--storage" in r["error"] for r in got)
     finally:

@@ -78,6 +78,7 @@ class Attempts:
         for task in outbox:
             if self.tasks.get(task.trial_id) is task:  # not superseded or finished meanwhile
                 self.executor.submit(task)
+        self.executor.flush()  # the tick's publications in one go
 
     # Events ---------------------------------------------------------------------------------
 

@@ -31,6 +31,9 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, task: TrialTask) -> None: ...
 
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Publish what :meth:`submit` was given this tick; called once per tick, after the submits."""
+
     @abstractmethod
     def events(self, timeout: float) -> list[Event]:
         """Wait up to ``timeout`` seconds for results and heartbeats."""
@@ -48,7 +51,6 @@ class Executor(ABC):
     def in_broker(self, tasks: Sequence[TrialTask]) -> set[str]:
         """Trial ids whose task the broker still holds (queued or unacked); used for leases."""
         return {t.trial_id for t in tasks}
-
 
     @abstractmethod
     def close(self) -> None: ...
