@@ -168,9 +168,9 @@ class CeleryExecutor(Executor):
                 self.pending_first = False
             return self._xread(">", int(timeout * 1000) if timeout > 0 else None)
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            log.warning("the result stream's group is gone (Redis restarted?); creating it again")
+            # NOGROUP: Redis restarted empty; UNBLOCKED: the stream was deleted (FLUSHALL) under a
+            # blocked read. Either way the group is created again (and the stream with it).
+            log.warning("the result stream is gone (%s); creating it again", exc)
             self.group_ready = False
             return []
 
