@@ -491,7 +491,10 @@ def poison_result(draw) -> dict:
         body[field] = draw(st.sampled_from(_BAD_RESULT_VALUES[field]))
         if body["kind"] == "progress" and field not in ("study", "trial_id", "attempt"):
             body["kind"] = "result"  # progress has no such field: a result does, and refuses the value
-    return {"m": json.dumps(body)}
+    fields = {"m": json.dumps(body)}
+    if draw(st.booleans()):
+        fields["k"] = body["kind"]  # as workers write it: the kind outside the message
+    return fields
 
 
 @pytest.mark.timeout(600)

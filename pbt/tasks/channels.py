@@ -7,8 +7,8 @@ Celery carries the trial tasks; everything else a trial says travels here:
   ``controller`` and acknowledged only after it has recorded them durably;
 * **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
   refreshes while the attempt runs — its absence is how the controller notices a lost worker;
-* **attempt** ``pbt:<study>:attempt:<trial>``: the current attempt number, so a stale delivery
-  of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
+* **attempts** ``pbt:<study>:attempts``: a hash of each trial's current attempt number, so a stale
+  delivery of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
 * **stop** ``pbt:<study>:stop:<trial>``: the policy early-stopped this trial.
 
 Only ``redis://`` and ``rediss://`` brokers are supported: these keys need Redis.
@@ -52,8 +52,9 @@ def alive_key(study: str, trial_id: str) -> str:
     return f"pbt:{study}:alive:{trial_id}"
 
 
-def attempt_key(study: str, trial_id: str) -> str:
-    return f"pbt:{study}:attempt:{trial_id}"
+def attempts_key(study: str) -> str:
+    """A hash: trial id -> its current attempt number (one HSET publishes a tick's)."""
+    return f"pbt:{study}:attempts"
 
 
 def stop_key(study: str, trial_id: str) -> str:

@@ -6,7 +6,7 @@ however many trials the tick handles:
 * **publishing** — a tick's attempts go out in one pipeline (:meth:`CeleryExecutor.flush`):
   each message is built by Celery's own protocol (``app.amqp.as_task_v2``) and stored exactly as
   kombu's Redis transport stores it (its JSON envelope, the body base64-encoded, LPUSHed onto the
-  trial queue), beside the SET of the attempt's key. Workers stay ordinary Celery workers: Flower
+  trial queue), beside the attempt numbers (one HSET). Workers stay ordinary Celery workers: Flower
   shows every attempt, an unacknowledged message comes back after a SIGKILL. No "task sent"
   event is published (it used to cost as much as the task itself).
 * **results** — workers XADD one entry per result (and one per progress report with metrics) to
@@ -38,7 +38,6 @@ from collections.abc import Sequence
 
 import pydantic
 import redis
-from kombu.utils.json import dumps as kombu_dumps
 
 from pbt.errors import StudyLockedError
 from pbt.spec import StudySpec
@@ -102,8 +101,9 @@ class CeleryExecutor(Executor):
         if not outbox:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for task in outbox:
-            pipe.set(channels.attempt_key(task.study, task.trial_id), task.attempt, ex=channels.FLAG_TTL)
+        attempts = channels.attempts_key(self.spec.name)
+        pipe.hset(attempts, mapping={task.trial_id: task.attempt for task in outbox})
+        pipe.expire(attempts, channels.FLAG_TTL)
         # One LPUSH of every message, in order: workers pop from the other end, first published first.
         pipe.lpush(self.queue, *[self.message(task) for task in outbox])
         for attempt in range(3):
@@ -121,7 +121,7 @@ class CeleryExecutor(Executor):
         timeout = self.spec.execution.trial_timeout
         task_id = channels.task_id(task.study, task.trial_id, task.attempt)
         headers, properties, body, _ = self.app.amqp.as_task_v2(
-            task_id, TASK_NAME, kwargs={"task": task.model_dump(mode="json")},
+            task_id, TASK_NAME, kwargs={"task": None},
             soft_time_limit=timeout, time_limit=timeout + 60 if timeout else None, origin=self.origin,
             argsrepr="()",
             kwargsrepr=f"study={task.study} trial={task.trial_id} attempt={task.attempt} params={task.params}",
@@ -130,8 +130,10 @@ class CeleryExecutor(Executor):
             delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=str(uuid.uuid4()),
             delivery_info={"exchange": "", "routing_key": self.queue},
         )
-        return kombu_dumps({
-            "body": base64.b64encode(kombu_dumps(body).encode()).decode(),
+        args, _, embed = body  # protocol 2: (args, kwargs, embed); the task serialised by pydantic
+        body_json = f'[{json.dumps(args)}, {{"task": {task.model_dump_json()}}}, {json.dumps(embed)}]'
+        return json.dumps({
+            "body": base64.b64encode(body_json.encode()).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": headers,
@@ -204,9 +206,13 @@ class CeleryExecutor(Executor):
 
     def _event(self, entry_id: bytes, fields: dict | None) -> Event | None:
         raw = (fields or {}).get(b"m")
+        kind = (fields or {}).get(b"k")
         try:
             if raw is None:
                 raise ValueError("an entry without a message (field 'm')")
+            if kind == b"result":  # the common case, validated straight from the JSON text
+                result = TrialResult.model_validate_json(raw)
+                return self._result(result, entry_id)
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError(f"a message that is not an object: {type(body).__name__}")
@@ -216,12 +222,15 @@ class CeleryExecutor(Executor):
             if kind != "result":
                 raise ValueError(f"unknown kind {kind!r}")
             result = TrialResult.model_validate(body)
-        except (ValueError, TypeError, pydantic.ValidationError) as exc:
+        except (ValueError, TypeError, pydantic.ValidationError) as exc:  # ValidationError: a ValueError
             if fields is not None:  # None: an entry deleted after its ack, still listed as pending
                 deadletter.push(self.redis, deadletter.letter(self.stream, f"{type(exc).__name__}: {exc}",
                                                               raw if raw is not None else repr(fields), "controller"))
             self.unacked_dead.append(entry_id)
             return None
+        return self._result(result, entry_id)
+
+    def _result(self, result: TrialResult, entry_id: bytes) -> Event:
         task = self.inflight.get(result.trial_id)
         if task is not None and task.attempt <= result.attempt:
             self._forget(result.trial_id)

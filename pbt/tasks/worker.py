@@ -131,7 +131,7 @@ class _Heartbeat(threading.Thread):
 def _post(study: str, body: dict[str, Any]) -> None:
     """One entry on the study's result stream; retried while Redis restarts (about two minutes)."""
     client = channels.redis_client(app.conf.broker_url)
-    entry = {"m": json.dumps(body)}
+    entry = {"k": body.get("kind", "result"), "m": json.dumps(body)}  # "k": read without parsing "m"
     for attempt in range(30):
         try:
             client.xadd(channels.result_stream(study), entry)
@@ -164,7 +164,7 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         ).model_dump(mode="json") | {"kind": "result"})
         return {"refused": str(exc)}
     _install_sigterm()
-    current = client.get(channels.attempt_key(t.study, t.trial_id))
+    current = client.hget(channels.attempts_key(t.study), t.trial_id)
     if current is not None and int(current) > t.attempt:
         log.info("skipping %s attempt %d: attempt %s superseded it", t.trial_id, t.attempt, int(current))
         return {"skipped": "superseded"}
