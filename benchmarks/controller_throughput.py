@@ -22,7 +22,7 @@ Prints one JSON object:
      "ceiling": {"messages_per_s", "cpu_us_per_message", ...}, "workers": ...}
 
 Usage: python benchmarks/controller_throughput.py [--populations 100 1000 10000] [--generations 3]
-       [--workers 2] [--concurrency 8] [--redis redis://127.0.0.1:6379/0]
+       [--workers 2] [--concurrency 8] [--redis redis://127.0.0.1:6379/0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="celery worker processes")
     parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (the trainer is a no-op)")
     parser.add_argument("--redis", default=os.environ.get("PBT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     # Checkpoints on tmpfs when there is one: this measures pbt, not the disk.
     base = "/dev/shm" if Path("/dev/shm").is_dir() else None
@@ -230,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             pool.stop_all()
             if server:
                 server.stop()
-    print(json.dumps({"populations": results, "ceiling": raw, "generations": args.generations,
-                      "workers": args.workers, "worker_threads": args.concurrency, "trainer": "toy (no-op)",
-                      "command": "python benchmarks/controller_throughput.py " + " ".join(argv or sys.argv[1:])},
-                     indent=2))
+    text = json.dumps({"populations": results, "ceiling": raw, "generations": args.generations,
+                       "workers": args.workers, "worker_threads": args.concurrency, "trainer": "toy (no-op)",
+                       "machine": f"{os.cpu_count()} CPUs", "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "command": "python benchmarks/controller_throughput.py " + " ".join(argv or sys.argv[1:])},
+                      indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
     return 0
 
 

@@ -56,7 +56,7 @@ READ_BATCH = 1000  # stream entries read per round trip
 #: (and their tick's work done: one journal write, one publication, one acknowledgement) together,
 #: so the controller's cost per tick is shared by more trials when they come fast. It adds at most
 #: this much to the time from a result to the next trial's publication.
-MIN_TICK_SECONDS = float(os.environ.get("PBT_MIN_TICK_SECONDS", 0.025))
+MIN_TICK_SECONDS = float(os.environ.get("PBT_MIN_TICK_SECONDS", 0.05))
 SCAN_LIMIT = 20_000  # queued messages looked through when a lease lapsed, at most
 
 
