@@ -77,6 +77,7 @@ class CeleryExecutor(Executor):
         self.outbox: list[TrialTask] = []
         self.unacked_dead: list[bytes] = []  # dead-lettered entries, acknowledged with the next ack
         self.pending_first = True  # read what a previous controller left unacknowledged first
+        self.pending_after: bytes | str = "0"  # ... after this entry id
         self.group_ready = False
         self.origin = f"{socket.gethostname()} (pid {os.getpid()})"
         # Liveness: when each in-flight attempt's key is next read, and the beat last seen.
@@ -163,9 +164,12 @@ class CeleryExecutor(Executor):
                 event = self._event(entry_id, fields)
                 if event is not None:
                     out.append(event)
-        except _RECOVERABLE as exc:
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # A reply lost with the connection leaves its entries pending: read those again first.
             log.warning("result stream unavailable (%s); retrying", exc)
             self.group_ready = False
+            self.pending_first = True
+            self.pending_after = "0"
             time.sleep(min(timeout, 1.0))
         self.last_read = time.time()
         out += self._liveness()
@@ -175,17 +179,21 @@ class CeleryExecutor(Executor):
         if not self.group_ready:
             self._create_group()
         try:
-            if self.pending_first:
-                entries = self._xread("0", None)
+            if self.pending_first:  # entries delivered before but never acknowledged, oldest first
+                entries = self._xread(self.pending_after, None)
                 if entries:
+                    self.pending_after = entries[-1][0]
                     return entries
                 self.pending_first = False
+                self.pending_after = "0"
             return self._xread(">", int(timeout * 1000) if timeout > 0 else None)
         except redis.exceptions.ResponseError as exc:
             # NOGROUP: Redis restarted empty; UNBLOCKED: the stream was deleted (FLUSHALL) under a
             # blocked read. Either way the group is created again (and the stream with it).
             log.warning("the result stream is gone (%s); creating it again", exc)
             self.group_ready = False
+            self.pending_first = True
+            self.pending_after = "0"
             return []
 
     def _xread(self, start: str, block: int | None) -> list[tuple[bytes, dict]]:
@@ -223,10 +231,11 @@ class CeleryExecutor(Executor):
                 raise ValueError(f"unknown kind {kind!r}")
             result = TrialResult.model_validate(body)
         except (ValueError, TypeError, pydantic.ValidationError) as exc:  # ValidationError: a ValueError
-            if fields is not None:  # None: an entry deleted after its ack, still listed as pending
+            if fields is not None and entry_id not in self.unacked_dead:  # None: deleted, yet pending
                 deadletter.push(self.redis, deadletter.letter(self.stream, f"{type(exc).__name__}: {exc}",
                                                               raw if raw is not None else repr(fields), "controller"))
-            self.unacked_dead.append(entry_id)
+            if entry_id not in self.unacked_dead:
+                self.unacked_dead.append(entry_id)
             return None
         return self._result(result, entry_id)
 
@@ -248,8 +257,10 @@ class CeleryExecutor(Executor):
         try:
             pipe.execute()
             self.unacked_dead = []
-        except _RECOVERABLE as exc:  # unacked: read again by the next controller, recorded once
+        except (redis.exceptions.RedisError, OSError) as exc:  # unacked: read again, recorded once
             log.warning("could not acknowledge %d results: %s", len(ids), exc)
+            self.pending_first = True
+            self.pending_after = "0"
 
     # Liveness -------------------------------------------------------------------------------
 
