@@ -70,7 +70,8 @@ class CheckpointCollector:
 
 
 class GarbageCollector:
-    """Decides which completed trials' checkpoints to delete, every ``interval`` seconds.
+    """Decides which completed trials' checkpoints to delete, every ``interval`` seconds at most
+    and only once the candidates grew by a quarter since the last pass (see :meth:`collect`).
 
     ``roots()`` gives the trials a future trial may still descend from: the policy's parent
     candidates, what is running or not yet applied, and the best. Their whole ancestry stays
@@ -96,6 +97,7 @@ class GarbageCollector:
         self.interval = interval
         self.enabled = enabled
         self.candidates: set[str] = set()  # completed trials whose checkpoints still exist
+        self.kept = 0  # candidates the last pass kept (roots and their ancestry)
         self.bytes_freed = 0
         self.last = 0.0
 
@@ -108,11 +110,16 @@ class GarbageCollector:
         """Record finished deletions; every ``interval`` (and at the end) start new ones."""
         self._record_freed()
         now = self.clock()
-        if not self.enabled or (not final and now - self.last < self.interval):
+        # A pass costs O(population) (the roots and their ancestry): it waits until the candidates
+        # grew by a quarter of what the last pass kept, so its cost per completed trial stays O(1).
+        if not self.enabled or (not final and (now - self.last < self.interval
+                                               or len(self.candidates) - self.kept < self.kept // 4)):
             return
         self.last = now
         keep = ancestry(self.roots(), self.ledger.get)
-        self.collector.delete(sorted(self.candidates - keep))
+        garbage = self.candidates - keep
+        self.kept = len(self.candidates) - len(garbage)
+        self.collector.delete(sorted(garbage))
         if final:
             self._record_freed(wait=True)
 
