@@ -96,6 +96,8 @@ def test_results_are_acknowledged_only_when_recorded_and_garbage_is_dead_lettere
     assert deadletter.count(ex.redis) == letters + 2
     assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 4, "nothing acknowledged before ack()"
     ex.ack(events)
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 4, "acknowledged with the tick's flush"
+    ex.flush()
     assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 0
     assert ex.redis.xlen(ex.stream) == 0, "acknowledged entries are deleted too"
     assert set(ex.inflight) == {"t000002"}
@@ -111,6 +113,7 @@ def test_a_new_controller_reads_what_its_predecessor_left_unacknowledged(executo
         events = drain(successor, 2)
         assert [e.message.trial_id for e in events] == ["t000000", "t000001"]
         successor.ack(events)
+        successor.flush()
         assert successor.redis.xpending(ex.stream, ex.group)["pending"] == 0
     finally:
         successor.close()

@@ -13,6 +13,7 @@ is I/O (one unlink or S3 call per object) and happens on a background thread
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,11 +41,13 @@ class CheckpointCollector:
         # Deletes are latency-bound (one round trip or unlink each), so a few run at once.
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pbt-gc")
         self.pending: dict[str, Future[Freed]] = {}
+        self.finished: collections.deque[str] = collections.deque()  # appended by the pool's threads
 
     def delete(self, trial_ids: list[str]) -> None:
         for trial_id in trial_ids:
             if trial_id not in self.pending:
-                self.pending[trial_id] = self.pool.submit(self._delete_trial, trial_id)
+                self.pending[trial_id] = future = self.pool.submit(self._delete_trial, trial_id)
+                future.add_done_callback(lambda _, tid=trial_id: self.finished.append(tid))
 
     def _delete_trial(self, trial_id: str) -> Freed:
         freed = 0
@@ -55,9 +58,17 @@ class CheckpointCollector:
     def done(self, wait: bool = False) -> list[Freed]:
         """Deletions that finished (all of them with ``wait``); failures are retried next time."""
         out = []
-        for trial_id, future in list(self.pending.items()):
-            if not (wait or future.done()):
-                continue
+        if wait:
+            ids = list(self.pending)
+            self.finished.clear()
+        else:  # O(finished), not O(pending): this runs every tick
+            ids = []
+            while self.finished:
+                ids.append(self.finished.popleft())
+        for trial_id in ids:
+            future = self.pending.get(trial_id)
+            if future is None or not (wait or future.done()):
+                continue  # already collected, or a newer deletion of the same trial still running
             del self.pending[trial_id]
             try:
                 out.append(future.result())

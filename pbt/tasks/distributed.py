@@ -76,6 +76,7 @@ class CeleryExecutor(Executor):
         self.consumer = channels.RESULT_CONSUMER
         self.inflight: dict[str, TrialTask] = {}
         self.outbox: list[TrialTask] = []
+        self.acks: list[bytes] = []  # entries to acknowledge with the next flush
         self.unacked_dead: list[bytes] = []  # dead-lettered entries, acknowledged with the next ack
         self.pending_first = True  # read what a previous controller left unacknowledged first
         self.pending_after: bytes | str = "0"  # ... after this entry id
@@ -98,23 +99,36 @@ class CeleryExecutor(Executor):
         self.outbox.append(task)
 
     def flush(self) -> None:
-        """Publish the tick's attempts in one pipeline: attempt keys and messages together."""
+        """One round trip for the tick: its acknowledgements (:meth:`ack`), then its attempts'
+        numbers and messages."""
         outbox, self.outbox = self.outbox, []
-        if not outbox:
+        acks, self.acks = self.acks, []
+        if not outbox and not acks:
             return
         pipe = self.redis.pipeline(transaction=False)
-        attempts = channels.attempts_key(self.spec.name)
-        pipe.hset(attempts, mapping={task.trial_id: task.attempt for task in outbox})
-        pipe.expire(attempts, channels.FLAG_TTL)
-        # One LPUSH of every message, in order: workers pop from the other end, first published first.
-        pipe.lpush(self.queue, *[self.message(task) for task in outbox])
+        if acks:
+            pipe.xack(self.stream, self.group, *acks)
+            pipe.xdel(self.stream, *acks)
+        if outbox:
+            attempts = channels.attempts_key(self.spec.name)
+            pipe.hset(attempts, mapping={task.trial_id: task.attempt for task in outbox})
+            pipe.expire(attempts, channels.FLAG_TTL)
+            # One LPUSH of every message, in order: workers pop from the other end, first published first.
+            pipe.lpush(self.queue, *[self.message(task) for task in outbox])
         for attempt in range(3):
             try:
                 pipe.execute()
+                if acks and self.unacked_dead:
+                    acked = set(acks)
+                    self.unacked_dead = [i for i in self.unacked_dead if i not in acked]
                 return
-            except _RECOVERABLE as exc:  # the broker is down: the lease re-publishes once it is back
-                if attempt == 2:
-                    log.warning("could not publish %d attempts: %s", len(outbox), exc)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if attempt == 2:  # unpublished: the lease re-publishes; unacked: read again, recorded once
+                    log.warning("could not publish %d attempts and acknowledge %d results: %s",
+                                len(outbox), len(acks), exc)
+                    if acks:
+                        self.pending_first = True
+                        self.pending_after = "0"
                 else:
                     time.sleep(0.2 * (attempt + 1))
 
@@ -247,21 +261,9 @@ class CeleryExecutor(Executor):
         return Event(result, receipt=entry_id)
 
     def ack(self, events: Sequence[Event]) -> None:
-        """Acknowledge (and delete) the entries of recorded events, and dead letters, in one call."""
-        ids = [e.receipt for e in events if e.receipt is not None]
-        ids += self.unacked_dead
-        if not ids:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *ids)
-        pipe.xdel(self.stream, *ids)
-        try:
-            pipe.execute()
-            self.unacked_dead = []
-        except (redis.exceptions.RedisError, OSError) as exc:  # unacked: read again, recorded once
-            log.warning("could not acknowledge %d results: %s", len(ids), exc)
-            self.pending_first = True
-            self.pending_after = "0"
+        """Acknowledge (XACK and XDEL) the entries of recorded events, and the dead letters, with
+        the tick's :meth:`flush`: one round trip for both."""
+        self.acks = [e.receipt for e in events if e.receipt is not None] + self.unacked_dead
 
     # Liveness -------------------------------------------------------------------------------
 
@@ -355,6 +357,7 @@ class CeleryExecutor(Executor):
 
     def close(self) -> None:
         try:
+            self.flush()  # what the last tick acknowledged
             self.redis.close()
         except Exception:
             pass

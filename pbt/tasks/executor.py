@@ -32,7 +32,8 @@ class Executor(ABC):
     def submit(self, task: TrialTask) -> None: ...
 
     def flush(self) -> None:  # noqa: B027 - optional hook
-        """Publish what :meth:`submit` was given this tick; called once per tick, after the submits."""
+        """Publish what :meth:`submit` was given this tick; called once per tick, after the submits
+        and the tick's :meth:`ack` (an executor may send its acknowledgements with its publications)."""
 
     @abstractmethod
     def events(self, timeout: float) -> list[Event]:
