@@ -53,11 +53,16 @@ log = logging.getLogger("pbt.distributed")
 _RECOVERABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, ConnectionError)
 
 READ_BATCH = 1000  # stream entries read per round trip
-#: The shortest time between two reads of the result stream. Results arriving meanwhile are read
-#: (and their tick's work done: one journal write, one publication, one acknowledgement) together,
-#: so the controller's cost per tick is shared by more trials when they come fast. It adds at most
-#: this much to the time from a result to the next trial's publication.
-MIN_TICK_SECONDS = float(os.environ.get("PBT_MIN_TICK_SECONDS", 0.05))
+#: Batching. A tick has a fixed cost (a journal write, a publication round trip, a read, caches
+#: gone cold while the controller slept) of about a millisecond. When results come faster than
+#: BATCH_ABOVE per second, the controller waits between reads of the result stream until about
+#: BATCH results are there, but never longer than BATCH_SECONDS: the tick's cost is then shared
+#: by all of them. Slower, it reads each result as it comes (no delay where batching would save
+#: nothing worth having). It adds at most BATCH_SECONDS to the time from a result to the next
+#: trial's publication, only under load.
+BATCH_SECONDS = float(os.environ.get("PBT_BATCH_SECONDS", 0.15))
+BATCH_ABOVE = 20.0  # results per second
+BATCH = 30
 SCAN_LIMIT = 20_000  # queued messages looked through when a lease lapsed, at most
 
 
@@ -89,6 +94,7 @@ class CeleryExecutor(Executor):
         self.beats: dict[str, bytes] = {}
         self.last_liveness = 0.0
         self.last_read = 0.0
+        self.rate = 0.0  # results (and progress reports) per second, a moving average
 
     # Publishing -----------------------------------------------------------------------------
 
@@ -170,12 +176,15 @@ class CeleryExecutor(Executor):
 
     def events(self, timeout: float) -> list[Event]:
         out: list[Event] = []
-        pause = self.last_read + MIN_TICK_SECONDS - time.time()
-        if pause > 0:
-            time.sleep(pause)
-            timeout = max(0.0, timeout - pause)
+        if self.rate > BATCH_ABOVE:
+            pause = self.last_read + min(BATCH_SECONDS, BATCH / self.rate) - time.time()
+            if pause > 0:
+                time.sleep(pause)
+                timeout = max(0.0, timeout - pause)
+        entries: list[tuple[bytes, dict]] = []
         try:
-            for entry_id, fields in self._read(timeout):
+            entries = self._read(timeout)
+            for entry_id, fields in entries:
                 event = self._event(entry_id, fields)
                 if event is not None:
                     out.append(event)
@@ -186,7 +195,10 @@ class CeleryExecutor(Executor):
             self.pending_first = True
             self.pending_after = "0"
             time.sleep(min(timeout, 1.0))
-        self.last_read = time.time()
+        now = time.time()
+        if self.last_read:
+            self.rate = 0.7 * self.rate + 0.3 * len(entries) / max(now - self.last_read, 1e-3)
+        self.last_read = now
         out += self._liveness()
         return out
 
