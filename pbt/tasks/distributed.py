@@ -121,22 +121,20 @@ class CeleryExecutor(Executor):
             pipe.expire(attempts, channels.FLAG_TTL)
             # One LPUSH of every message, in order: workers pop from the other end, first published first.
             pipe.lpush(self.queue, *[self.message(task) for task in outbox])
-        for attempt in range(3):
-            try:
-                pipe.execute()
-                if acks and self.unacked_dead:
-                    acked = set(acks)
-                    self.unacked_dead = [i for i in self.unacked_dead if i not in acked]
-                return
-            except (redis.exceptions.RedisError, OSError) as exc:
-                if attempt == 2:  # unpublished: the lease re-publishes; unacked: read again, recorded once
-                    log.warning("could not publish %d attempts and acknowledge %d results: %s",
-                                len(outbox), len(acks), exc)
-                    if acks:
-                        self.pending_first = True
-                        self.pending_after = "0"
-                else:
-                    time.sleep(0.2 * (attempt + 1))
+        try:
+            pipe.execute()  # redis-py retries a dropped connection itself
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # Not sent again from here (a pipeline that failed midway may have been applied in
+            # part): an attempt not published is re-published by its lease, free of charge; an
+            # entry not acknowledged is read again (pending) and recorded once.
+            log.warning("could not publish %d attempts and acknowledge %d results: %s", len(outbox), len(acks), exc)
+            if acks:
+                self.pending_first = True
+                self.pending_after = "0"
+            return
+        if acks and self.unacked_dead:
+            acked = set(acks)
+            self.unacked_dead = [i for i in self.unacked_dead if i not in acked]
 
     def message(self, task: TrialTask) -> str:
         """The message kombu's Redis transport would store for ``send_task`` of this attempt."""
