@@ -3,8 +3,9 @@
 Celery carries the trial tasks; everything else a trial says travels here:
 
 * **result stream** ``pbt:<study>:results`` (a Redis Stream, one entry per result or progress
-  report, field ``m``: the JSON message): read by the controller through the consumer group
-  ``controller`` and acknowledged only after it has recorded them durably;
+  report with metrics; fields ``k``: its kind, ``m``: the JSON message): read by the controller
+  through the consumer group ``controller`` and acknowledged only after it has recorded them
+  durably;
 * **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
   refreshes while the attempt runs — its absence is how the controller notices a lost worker;
 * **attempts** ``pbt:<study>:attempts``: a hash of each trial's current attempt number, so a stale
