@@ -27,6 +27,7 @@ from kombu import Connection, Producer
 from test_embedded_study import assert_complete_and_once
 
 from pbt.tasks import deadletter
+from pbt.tasks.channels import result_stream
 from pbt.testing import RedisServer, Workers, free_port, pbt, status, wait_for, write_study
 from pbt.trial import TrialTask
 
@@ -194,10 +195,9 @@ def test_a_worker_runs_only_what_its_configuration_allows(tmp_path, broker):
         assert "does not serve storage" in reasons and "does not run trainer 'evil_trainer:Trainer'" in reasons
         # A well-formed task this worker does not serve is also reported to its study, so the
         # controller can re-publish it and end a study no worker can serve.
-        with Connection(url) as conn:
-            results = conn.SimpleQueue("pbt.lineage.forged")
-            got = [results.get(timeout=5).payload for _ in range(4)]
-            results.close()
+        client = redis.Redis.from_url(url)
+        wait_for(lambda: client.xlen(result_stream("forged")) >= 4, 5, what="the refusals on the result stream")
+        got = [json.loads(fields[b"m"]) for _, fields in client.xrange(result_stream("forged"))][:4]
         assert {r["scope"] for r in got} == {"worker"} and all(r["status"] == "failed" for r in got)
         assert any("--trainers" in r["error"] for r in got) and any("--storage" in r["error"] for r in got)
     finally:
@@ -470,6 +470,83 @@ def test_fuzzed_messages_at_running_workers_are_dead_lettered_and_the_study_fini
     assert all(alive(workers, n) for n in workers.procs)
     logs = "".join(workers.log(n) for n in workers.procs)
     assert "Unrecoverable error" not in logs
+
+
+# --- poison results: garbage on a study's result stream is dead-lettered, never blocks it -------------
+
+_RESULT = {"study": "toy", "trial_id": "t000001", "attempt": 1, "status": "completed", "steps_done": 4}
+_BAD_RESULT_VALUES = {"attempt": ["four", None, [1]], "status": ["exploded", 3, None], "study": [None, 7, {}],
+                      "trial_id": [None, 1.5, []], "steps_done": ["x", {}], "metrics": ["none", [1, 2]],
+                      "timings": ["slow", [0]], "scope": ["everyone"], "objective": ["best", {}]}
+
+
+@st.composite
+def poison_result(draw) -> dict:
+    """The fields of one stream entry no controller can record: garbage or a near-valid result."""
+    kind = draw(st.sampled_from(["bytes", "json", "fields", "missing", "bad", "kind"]))
+    if kind == "bytes":
+        return {"m": draw(st.binary(min_size=0, max_size=200))}
+    if kind == "json":
+        value = draw(_json)
+        if isinstance(value, dict):
+            value = [value]  # an object could happen to be a valid (forged) message
+        return {"m": json.dumps(value)}
+    if kind == "fields":  # no "m" at all
+        return draw(st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: k != "m"),
+                                    st.binary(max_size=20), min_size=1, max_size=3))
+    body = dict(_RESULT, kind=draw(st.sampled_from(["result", "progress"])))
+    if kind == "missing":
+        del body[draw(st.sampled_from(["study", "trial_id", "attempt"] + (["status"] if body["kind"] == "result"
+                                                                             else [])))]
+    elif kind == "kind":
+        body["kind"] = draw(st.text(max_size=10).filter(lambda k: k not in ("result", "progress")))
+    else:
+        field = draw(st.sampled_from(sorted(_BAD_RESULT_VALUES)))
+        body[field] = draw(st.sampled_from(_BAD_RESULT_VALUES[field]))
+        if body["kind"] == "progress" and field not in ("study", "trial_id", "attempt"):
+            body["kind"] = "result"  # progress has no such field: a result does, and refuses the value
+    fields = {"m": json.dumps(body)}
+    if draw(st.booleans()):
+        fields["k"] = body["kind"]  # as workers write it: the kind outside the message
+    return fields
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_entries_on_the_result_stream_are_dead_lettered_and_the_study_finishes_exact(tmp_path, workers):
+    workers.start(2)
+    url = workers.broker
+    storage = str(tmp_path / "runs")
+    study = study_file(tmp_path, workers, budget={"total_steps": 192},
+                       trainer={"config": {"lr": 0.01, "sleep_per_step": 0.02}})
+    controller = subprocess.Popen([sys.executable, "-m", "pbt", "run", str(study), "--storage", storage, "-q"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+    client = redis.Redis.from_url(url)
+    sent = 0
+    try:
+        wait_for(lambda: Path(storage, "toy", "spec.json").exists(), 60, what="the study to start")
+
+        @settings(max_examples=150, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @given(fields=poison_result())
+        def throw(fields):
+            nonlocal sent
+            client.xadd(result_stream("toy"), fields)
+            sent += 1
+
+        throw()
+        _, err = controller.communicate(timeout=300)
+    finally:
+        if controller.poll() is None:
+            os.killpg(controller.pid, signal.SIGKILL)
+    assert controller.returncode == 0, err[-3000:]
+    letters = [d for d in dead_letters(url) if d.queue == result_stream("toy")]
+    assert len(letters) == sent, [d.reason for d in letters][:5]
+    assert client.xpending(result_stream("toy"), "controller")["pending"] == 0
+    data = status("toy", storage)
+    assert_complete_and_once(data)
+    assert all(t["status"] == "completed" for t in data["trials"])
+    assert sum(t["steps_done"] for t in data["trials"]) == 192
 
 
 # --- kinds 4 and 6 on S3: workers without credentials retire; no credential reaches a log ----------

@@ -15,6 +15,7 @@ be re-published for ever.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -46,6 +47,10 @@ class Attempts:
         self.clock = clock
         self.tasks: dict[str, TrialTask] = {}  # in-flight trial id -> its current attempt's task
         self.last_seen: dict[str, float] = {}
+        # Lease deadlines as a heap, so a lease check looks only at attempts that may have lapsed:
+        # (deadline, trial id), the entry current only while ``deadline[trial id]`` says so.
+        self.deadlines: list[tuple[float, str]] = []
+        self.deadline: dict[str, float] = {}
         self.last_beat: dict[str, tuple[int, float]] = {}  # trial id -> (attempt, at) of its latest heartbeat
         self.reported: set[str] = set()  # in-flight trials whose current attempt has reported in
         self.stop_sent: set[str] = set()
@@ -63,6 +68,7 @@ class Attempts:
             self.tasks[trial.id] = task = self.task(trial, trial.attempts)
             self.executor.adopt(task)
             self.last_seen[trial.id] = self.clock()  # give the running attempt a lease to report in
+            self._expires(trial.id)
         else:
             self.publish(trial)
 
@@ -73,6 +79,7 @@ class Attempts:
         self.reported.discard(trial.id)
         self.tasks[trial.id] = task = self.task(trial, trial.attempts)
         self.last_seen[trial.id] = self.clock()
+        self._expires(trial.id)
         self.outbox.append(task)
         return trial
 
@@ -82,6 +89,7 @@ class Attempts:
         for task in outbox:
             if self.tasks.get(task.trial_id) is task:  # not superseded or finished meanwhile
                 self.executor.submit(task)
+        self.executor.flush()  # the tick's publications in one go
 
     # Events ---------------------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ class Attempts:
         trial = self.ledger.record_result(trial, r, self.clock())
         self.tasks.pop(trial.id, None)
         self.last_seen.pop(trial.id, None)
+        self.deadline.pop(trial.id, None)
         self.last_beat.pop(trial.id, None)
         self.worker_failures.pop(trial.id, None)
         if r.status is TrialStatus.FAILED:
@@ -141,17 +150,28 @@ class Attempts:
             return []  # O(in-flight) work: not on every tick
         self.last_lease_check = now
         lease = self.spec.execution.lease
-        expired = [self.tasks[i] for i, seen in self.last_seen.items() if now - seen > lease and i in self.tasks]
+        expired: dict[str, TrialTask] = {}
+        while self.deadlines and self.deadlines[0][0] < now:
+            when, trial_id = heapq.heappop(self.deadlines)
+            if self.deadline.get(trial_id) != when or trial_id not in self.tasks:
+                continue  # superseded by a later deadline, or the trial ended
+            if now - self.last_seen[trial_id] > lease:
+                expired[trial_id] = self.tasks[trial_id]
+            else:  # it reported since: its lease runs from then
+                self._expires(trial_id)
         if not expired:
             return []
-        held = self.executor.in_broker(expired)
+        expired_tasks = list(expired.values())
+        held = self.executor.in_broker(expired_tasks)
         ended = []
-        for task in expired:
+        for task in expired_tasks:
             trial = self.ledger.get(task.trial_id)
             if trial is None:
+                self.deadline.pop(task.trial_id, None)
                 continue
             if task.trial_id in held:
                 self.last_seen[task.trial_id] = now  # still queued: not lost, just waiting for a worker
+                self._expires(task.trial_id)
             elif task.trial_id not in self.reported:
                 # The broker lost the message before any worker ran it (a Redis restart or
                 # FLUSHALL): publish again; this is not the trial's fault and costs no attempt.
@@ -170,6 +190,12 @@ class Attempts:
                             trial.attempts + 1)
                 self.publish(self.ledger.update(trial, failures=trial.failures + 1))
         return ended
+
+    def _expires(self, trial_id: str) -> None:
+        """(Re)schedule the lease check of ``trial_id`` at its deadline from ``last_seen``."""
+        when = self.last_seen[trial_id] + self.spec.execution.lease
+        self.deadline[trial_id] = when
+        heapq.heappush(self.deadlines, (when, trial_id))
 
     def stop(self, decisions: Iterable[EarlyStopDecision]) -> None:
         """Ask the executor to stop these running trials (once each), recording why."""
@@ -196,6 +222,8 @@ class Attempts:
                                    finished_at=self.clock())
         self.tasks.clear()
         self.last_seen.clear()
+        self.deadlines.clear()
+        self.deadline.clear()
         self.outbox.clear()
 
     # Tasks ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ is I/O (one unlink or S3 call per object) and happens on a background thread
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,11 +41,13 @@ class CheckpointCollector:
         # Deletes are latency-bound (one round trip or unlink each), so a few run at once.
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pbt-gc")
         self.pending: dict[str, Future[Freed]] = {}
+        self.finished: collections.deque[str] = collections.deque()  # appended by the pool's threads
 
     def delete(self, trial_ids: list[str]) -> None:
         for trial_id in trial_ids:
             if trial_id not in self.pending:
-                self.pending[trial_id] = self.pool.submit(self._delete_trial, trial_id)
+                self.pending[trial_id] = future = self.pool.submit(self._delete_trial, trial_id)
+                future.add_done_callback(lambda _, tid=trial_id: self.finished.append(tid))
 
     def _delete_trial(self, trial_id: str) -> Freed:
         freed = 0
@@ -55,9 +58,17 @@ class CheckpointCollector:
     def done(self, wait: bool = False) -> list[Freed]:
         """Deletions that finished (all of them with ``wait``); failures are retried next time."""
         out = []
-        for trial_id, future in list(self.pending.items()):
-            if not (wait or future.done()):
-                continue
+        if wait:
+            ids = list(self.pending)
+            self.finished.clear()
+        else:  # O(finished), not O(pending): this runs every tick
+            ids = []
+            while self.finished:
+                ids.append(self.finished.popleft())
+        for trial_id in ids:
+            future = self.pending.get(trial_id)
+            if future is None or not (wait or future.done()):
+                continue  # already collected, or a newer deletion of the same trial still running
             del self.pending[trial_id]
             try:
                 out.append(future.result())
@@ -70,7 +81,8 @@ class CheckpointCollector:
 
 
 class GarbageCollector:
-    """Decides which completed trials' checkpoints to delete, every ``interval`` seconds.
+    """Decides which completed trials' checkpoints to delete, every ``interval`` seconds at most
+    and only once the candidates grew by a quarter since the last pass (see :meth:`collect`).
 
     ``roots()`` gives the trials a future trial may still descend from: the policy's parent
     candidates, what is running or not yet applied, and the best. Their whole ancestry stays
@@ -96,6 +108,7 @@ class GarbageCollector:
         self.interval = interval
         self.enabled = enabled
         self.candidates: set[str] = set()  # completed trials whose checkpoints still exist
+        self.kept = 0  # candidates the last pass kept (roots and their ancestry)
         self.bytes_freed = 0
         self.last = 0.0
 
@@ -108,11 +121,16 @@ class GarbageCollector:
         """Record finished deletions; every ``interval`` (and at the end) start new ones."""
         self._record_freed()
         now = self.clock()
-        if not self.enabled or (not final and now - self.last < self.interval):
+        # A pass costs O(population) (the roots and their ancestry): it waits until the candidates
+        # grew by a quarter of what the last pass kept, so its cost per completed trial stays O(1).
+        if not self.enabled or (not final and (now - self.last < self.interval
+                                               or len(self.candidates) - self.kept < self.kept // 4)):
             return
         self.last = now
         keep = ancestry(self.roots(), self.ledger.get)
-        self.collector.delete(sorted(self.candidates - keep))
+        garbage = self.candidates - keep
+        self.kept = len(self.candidates) - len(garbage)
+        self.collector.delete(sorted(garbage))
         if final:
             self._record_freed(wait=True)
 

@@ -135,8 +135,8 @@ class Controller:
             self.store.write_spec(self.spec.public_dict())  # a new study exists once it has a trial
             self.spec_written = True
         self.ledger.flush()  # one durable write per tick, then acks and publications
-        self.attempts.send()
         self.executor.ack(events)
+        self.attempts.send()  # ends with the executor's flush: publications (and acks) in one go
         self.lease.renew()
 
     def snapshot(self) -> Snapshot:

@@ -110,7 +110,7 @@ class Deterministic(Ordering):
             self.view.append(placeholder(new))
         elif new.number < self.frontier:
             self.view.replace(seen(new))
-        elif len(new.metrics) != len(old.metrics):
+        elif len(new.metrics) != len(old.metrics) and _intermediate(new) != _intermediate(old):
             self.view.replace(placeholder(new))  # an intermediate evaluation arrived
 
 
@@ -151,6 +151,11 @@ ORDERINGS: dict[str, type[Ordering]] = {"deterministic": Deterministic, "arrival
 
 def make_ordering(name: str, ledger: Ledger) -> Ordering:
     return ORDERINGS[name](ledger)
+
+
+def _intermediate(trial: Trial) -> int:
+    """How many of the trial's evaluations a placeholder shows (the final one is hidden)."""
+    return sum(1 for m in trial.metrics if m.step < trial.steps)
 
 
 def placeholder(trial: Trial) -> Trial:

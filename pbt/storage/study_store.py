@@ -38,7 +38,7 @@ class StudyStore:
     def __init__(self, objects: ObjectStore, study: str) -> None:
         self.objects = objects
         self.study = validate_name(study, "study name")
-        self._records: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, str] = {}  # trial id -> its latest record, as JSON text
         self._seq = 0  # last journal segment written or read
         self._since_snapshot = 0
         self._deleter: ThreadPoolExecutor | None = None
@@ -107,7 +107,8 @@ class StudyStore:
                 records, seq, since = self._read_all()
             except _Raced:
                 continue  # a compaction deleted segments under us: read the newer snapshot
-            self._records, self._seq, self._since_snapshot = records, seq, since
+            self._seq, self._since_snapshot = seq, since
+            self._records = {k: json.dumps(r, separators=(",", ":")) for k, r in records.items()}
             return sorted((Trial.model_validate(r) for r in records.values()), key=lambda t: t.number)
         raise StorageError(f"study {self.study}: journal kept changing while reading; try again")
 
@@ -146,22 +147,24 @@ class StudyStore:
 
     def append(self, trials: Iterable[Trial]) -> None:
         """Durably record these trials (one write); compact when the journal has grown enough."""
-        batch = [t.model_dump(mode="json") for t in trials]
+        # Each record serialised once, by pydantic (the same JSON as json.dumps of model_dump),
+        # and kept as text: a snapshot joins them instead of serialising every trial again.
+        batch = [(t.id, t.model_dump_json()) for t in trials]
         if not batch:
             return
         self._seq += 1
-        body = json.dumps({"seq": self._seq, "records": batch}, separators=(",", ":")).encode()
+        body = f'{{"seq":{self._seq},"records":[{",".join(text for _, text in batch)}]}}'.encode()
         self.objects.put_bytes(self.key("journal", _segment_name(self._seq)), body)
-        for record in batch:
-            self._records[record["id"]] = record
+        for trial_id, text in batch:
+            self._records[trial_id] = text
         self._since_snapshot += len(batch)
         if self._since_snapshot >= max(_MIN_COMPACT, len(self._records) // 2):
             self.compact()
 
     def compact(self) -> None:
         """Write a snapshot of everything up to the last segment, then drop those segments."""
-        snapshot = {"seq": self._seq, "trials": list(self._records.values())}
-        data = gzip.compress(json.dumps(snapshot, separators=(",", ":")).encode(), compresslevel=3)
+        snapshot = f'{{"seq":{self._seq},"trials":[{",".join(self._records.values())}]}}'
+        data = gzip.compress(snapshot.encode(), compresslevel=3)
         self.objects.put_bytes(self.key(_SNAPSHOT), data)
         self._since_snapshot = 0
         # Deleting the covered segments is I/O the writer need not wait for; readers that race

@@ -2,12 +2,14 @@
 
 Celery carries the trial tasks; everything else a trial says travels here:
 
-* **result queue** ``pbt.lineage.<study>`` (a kombu queue): results and progress reports,
-  acknowledged by the controller only after it has recorded them durably;
+* **result stream** ``pbt:<study>:results`` (a Redis Stream, one entry per result or progress
+  report with metrics; fields ``k``: its kind, ``m``: the JSON message): read by the controller
+  through the consumer group ``controller`` and acknowledged only after it has recorded them
+  durably;
 * **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
   refreshes while the attempt runs — its absence is how the controller notices a lost worker;
-* **attempt** ``pbt:<study>:attempt:<trial>``: the current attempt number, so a stale delivery
-  of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
+* **attempts** ``pbt:<study>:attempts``: a hash of each trial's current attempt number, so a stale
+  delivery of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
 * **stop** ``pbt:<study>:stop:<trial>``: the policy early-stopped this trial.
 
 Only ``redis://`` and ``rediss://`` brokers are supported: these keys need Redis.
@@ -19,7 +21,6 @@ import os
 from functools import lru_cache
 
 import redis
-from kombu import Exchange, Queue
 
 from pbt.errors import SpecError
 from pbt.urls import redact_url
@@ -39,17 +40,22 @@ def broker_url(explicit: str | None = None) -> str:
     return check_broker_url(url)
 
 
-def result_queue(study: str) -> Queue:
-    name = f"pbt.lineage.{study}"
-    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+RESULT_GROUP = "controller"  # the stream's consumer group: one per study (one stream per study)
+RESULT_CONSUMER = "controller"  # one controller per study at a time (its lease): one consumer name,
+# so a successor reads what its predecessor left pending
+
+
+def result_stream(study: str) -> str:
+    return f"pbt:{study}:results"
 
 
 def alive_key(study: str, trial_id: str) -> str:
     return f"pbt:{study}:alive:{trial_id}"
 
 
-def attempt_key(study: str, trial_id: str) -> str:
-    return f"pbt:{study}:attempt:{trial_id}"
+def attempts_key(study: str) -> str:
+    """A hash: trial id -> its current attempt number (one HSET publishes a tick's)."""
+    return f"pbt:{study}:attempts"
 
 
 def stop_key(study: str, trial_id: str) -> str:

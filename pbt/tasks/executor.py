@@ -31,6 +31,10 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, task: TrialTask) -> None: ...
 
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Publish what :meth:`submit` was given this tick; called once per tick, after the submits
+        and the tick's :meth:`ack` (an executor may send its acknowledgements with its publications)."""
+
     @abstractmethod
     def events(self, timeout: float) -> list[Event]:
         """Wait up to ``timeout`` seconds for results and heartbeats."""
@@ -48,7 +52,6 @@ class Executor(ABC):
     def in_broker(self, tasks: Sequence[TrialTask]) -> set[str]:
         """Trial ids whose task the broker still holds (queued or unacked); used for leases."""
         return {t.trial_id for t in tasks}
-
 
     @abstractmethod
     def close(self) -> None: ...

@@ -2,7 +2,7 @@
 
 The task is thin: parse the JSON message, skip it if it is a stale attempt, run
 :func:`pbt.tasks.attempt.run_attempt` with a reporter that talks to Redis, post the result to the
-study's result queue. Reliability comes from configuration: JSON only, late acks, a task whose
+study's result stream. Reliability comes from configuration: JSON only, late acks, a task whose
 worker dies is rejected back to the queue, prefetch of one, and a Redis visibility timeout
 longer than any trial (``PBT_VISIBILITY_TIMEOUT``, seconds) so a message held by a dead worker
 comes back. Because a message may still be delivered twice (celery#5935), the trial function is
@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import signals
 from celery.exceptions import Reject
 
@@ -86,7 +87,9 @@ class _RedisReporter:
 
     def progress(self, progress: Progress) -> None:
         self.step = progress.step
-        if progress.metrics is not None:  # liveness alone is the heartbeat thread's job
+        # Liveness alone is the heartbeat thread's job, and the last step's metrics travel with
+        # the result that follows at once: one message per trial where the trial is one chunk.
+        if progress.metrics is not None and progress.step < self.task.steps:
             _post(self.task.study, progress.model_dump(mode="json") | {"kind": "progress"})
 
     def interrupt(self) -> Interrupt:
@@ -126,14 +129,18 @@ class _Heartbeat(threading.Thread):
 
 
 def _post(study: str, body: dict[str, Any]) -> None:
-    # The anonymous exchange routes by queue name alone. Exchange bindings live in Redis and die
-    # with it; a result published through a named exchange after a Redis restart would be dropped.
-    queue = channels.result_queue(study)
-    with app.producer_or_acquire() as producer:
-        producer.publish(
-            body, exchange="", routing_key=queue.name, serializer="json", delivery_mode="persistent", retry=True,
-            retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 1, "interval_max": 5},
-        )
+    """One entry on the study's result stream; retried while Redis restarts (about two minutes)."""
+    client = channels.redis_client(app.conf.broker_url)
+    entry = {"k": body.get("kind", "result"), "m": json.dumps(body)}  # "k": read without parsing "m"
+    for attempt in range(30):
+        try:
+            client.xadd(channels.result_stream(study), entry)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            if attempt == 29:
+                raise
+            log.warning("could not post to the result stream (%s); retrying", exc)
+            time.sleep(min(0.5 + attempt, 5.0))
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
@@ -157,7 +164,7 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         ).model_dump(mode="json") | {"kind": "result"})
         return {"refused": str(exc)}
     _install_sigterm()
-    current = client.get(channels.attempt_key(t.study, t.trial_id))
+    current = client.hget(channels.attempts_key(t.study), t.trial_id)
     if current is not None and int(current) > t.attempt:
         log.info("skipping %s attempt %d: attempt %s superseded it", t.trial_id, t.attempt, int(current))
         return {"skipped": "superseded"}

@@ -1,0 +1,147 @@
+"""The controller's side of the Redis transport (:class:`pbt.tasks.distributed.CeleryExecutor`), no workers.
+
+A tick's attempts go out in one pipeline as the very messages ``send_task`` would store; results
+come back on the study's stream, are acknowledged only when :meth:`ack` is called, and what does
+not decode is dead-lettered and acknowledged; a FLUSHALL costs nothing but a warning.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from helpers import toy_data
+
+from pbt.study_file import parse_spec
+from pbt.tasks import channels, deadletter
+from pbt.tasks.distributed import CeleryExecutor
+from pbt.trial import TrialResult, TrialStatus, TrialTask
+
+
+@pytest.fixture
+def executor(redis_url, tmp_path):
+    data = toy_data(name=f"tr-{uuid.uuid4().hex[:8]}")
+    data["broker"] = redis_url
+    data["execution"] = {**data["execution"], "queue": f"q-{uuid.uuid4().hex[:8]}", "heartbeat_seconds": 0.2,
+                         "lease_seconds": 1}
+    data["storage"] = str(tmp_path / "runs")
+    ex = CeleryExecutor(parse_spec(data))
+    yield ex
+    ex.redis.delete(ex.queue, ex.stream, channels.attempts_key(ex.spec.name))
+    ex.close()
+
+
+def task(ex: CeleryExecutor, n: int, attempt: int = 1) -> TrialTask:
+    return TrialTask(study=ex.spec.name, trial_id=f"t{n:06d}", number=n, attempt=attempt, params={"h0": 0.5},
+                     steps=4, storage=ex.spec.storage, trainer=ex.spec.trainer.path, objective_metric="q", seed=0,
+                     published_at=time.time())
+
+
+def result(ex: CeleryExecutor, n: int, attempt: int = 1) -> dict:
+    return TrialResult(study=ex.spec.name, trial_id=f"t{n:06d}", attempt=attempt, status=TrialStatus.COMPLETED,
+                       steps_done=4, objective=1.0).model_dump(mode="json") | {"kind": "result"}
+
+
+def drain(ex: CeleryExecutor, want: int, seconds: float = 5.0) -> list:
+    out: list = []
+    deadline = time.time() + seconds
+    while len(out) < want and time.time() < deadline:
+        out += [e for e in ex.events(0.1) if e.receipt is not None]
+    return out
+
+
+def test_a_ticks_attempts_are_one_round_trip_of_the_messages_send_task_stores(executor):
+    ex = executor
+    tasks = [task(ex, n) for n in range(5)]
+    for t in tasks:
+        ex.submit(t)
+    assert ex.redis.llen(ex.queue) == 0, "nothing is published before flush"
+    ex.flush()
+    ours = [json.loads(m) for m in reversed(ex.redis.lrange(ex.queue, 0, -1))]  # workers pop the far end
+    assert [m["headers"]["id"] for m in ours] == [channels.task_id(t.study, t.trial_id, 1) for t in tasks]
+    assert ex.redis.hgetall(channels.attempts_key(ex.spec.name)) == {t.trial_id.encode(): b"1" for t in tasks}
+    ex.redis.delete(ex.queue)
+    t = tasks[0]
+    ex.app.send_task("pbt.run_trial", kwargs={"task": t.model_dump(mode="json")}, queue=ex.queue,
+                     task_id=channels.task_id(t.study, t.trial_id, 1),
+                     kwargsrepr=f"study={t.study} trial={t.trial_id} attempt={t.attempt} params={t.params}")
+    theirs = json.loads(ex.redis.lpop(ex.queue))
+    mine = ours[0]
+    assert json.loads(base64.b64decode(mine["body"])) == json.loads(base64.b64decode(theirs["body"]))
+    for field in ("content-type", "content-encoding"):
+        assert mine[field] == theirs[field]
+    assert set(mine["headers"]) == set(theirs["headers"])
+    for field in ("task", "id", "root_id", "kwargsrepr", "argsrepr", "retries"):
+        assert mine["headers"][field] == theirs["headers"][field], field
+    for field in ("delivery_info", "body_encoding", "priority", "delivery_mode", "correlation_id"):
+        assert mine["properties"][field] == theirs["properties"][field], field
+    assert mine["properties"]["delivery_tag"] != theirs["properties"]["delivery_tag"]
+
+
+def test_results_are_acknowledged_only_when_recorded_and_garbage_is_dead_lettered(executor):
+    ex = executor
+    for n in range(3):
+        ex.submit(task(ex, n))
+    ex.flush()
+    letters = deadletter.count(ex.redis)
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 0))})
+    ex.redis.xadd(ex.stream, {"m": b"\xff not json"})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps({"kind": "result", "trial_id": 7})})
+    ex.redis.xadd(ex.stream, {"m": json.dumps(result(ex, 1))})  # no "k": an older worker's entry
+    events = drain(ex, 2)
+    assert sorted(e.message.trial_id for e in events) == ["t000000", "t000001"]
+    assert deadletter.count(ex.redis) == letters + 2
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 4, "nothing acknowledged before ack()"
+    ex.ack(events)
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 4, "acknowledged with the tick's flush"
+    ex.flush()
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 0
+    assert ex.redis.xlen(ex.stream) == 0, "acknowledged entries are deleted too"
+    assert set(ex.inflight) == {"t000002"}
+
+
+def test_a_new_controller_reads_what_its_predecessor_left_unacknowledged(executor):
+    ex = executor
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 0))})
+    assert [e.message.trial_id for e in drain(ex, 1)] == ["t000000"]  # read, then the controller dies
+    successor = CeleryExecutor(ex.spec)
+    try:
+        ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 1))})
+        events = drain(successor, 2)
+        assert [e.message.trial_id for e in events] == ["t000000", "t000001"]
+        successor.ack(events)
+        successor.flush()
+        assert successor.redis.xpending(ex.stream, ex.group)["pending"] == 0
+    finally:
+        successor.close()
+
+
+def test_a_flushall_under_a_blocked_read_recreates_the_group(executor):
+    ex = executor
+    assert ex.events(0.05) == []
+    ex.redis.flushall()
+    ex.events(0.05)  # NOGROUP (or UNBLOCKED): a warning, and the group is created again
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 3))})
+    assert [e.message.trial_id for e in drain(ex, 1)] == ["t000003"]
+
+
+def test_liveness_reads_only_the_attempts_that_are_due(executor, monkeypatch):
+    ex = executor
+    for n in range(50):
+        ex.submit(task(ex, n))
+    ex.flush()
+    ex.redis.set(channels.alive_key(ex.spec.name, "t000007"),
+                 json.dumps({"attempt": 1, "step": 2, "worker": "w", "at": time.time()}))
+    asked: list[int] = []
+    mget = ex.redis.mget
+    monkeypatch.setattr(ex.redis, "mget", lambda keys: asked.append(len(keys)) or mget(keys))
+    assert ex._liveness() == []  # nothing due yet: no read at all
+    time.sleep(0.15)
+    beats = ex._liveness()
+    assert [(e.message.trial_id, e.message.step) for e in beats] == [("t000007", 2)]
+    assert asked == [50]
+    time.sleep(0.25)  # the others are read again (backing off while they wait in the queue), t000007 not
+    assert ex._liveness() == [] and asked == [50, 49], "a beat seen is not read again until its lease is near"
