@@ -188,6 +188,23 @@ class _BugInside(_Trainer):
         raise TypeError("a bug inside setup, for these hyperparameters only")
 
 
+class _Exits(_Trainer):
+    def train(self, steps):
+        raise SystemExit(3)
+
+
+class _Interrupts(_Trainer):
+    def train(self, steps):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("trainer", ["test_attempt:_Exits", "test_attempt:_Interrupts"])
+def test_a_trainer_that_exits_or_interrupts_fails_its_trial_not_the_worker(tmp_path, trainer):
+    result = run_attempt(task(tmp_path, trainer=trainer))
+    assert result.status is TrialStatus.FAILED and result.retryable and result.recycle
+    assert "raised by the trainer" in result.error and result.scope is FailureScope.TRIAL
+
+
 @pytest.mark.parametrize(("trainer", "scope"), [
     ("test_attempt:_NeedsConfig", FailureScope.STUDY),
     ("test_attempt:_NoSeed", FailureScope.STUDY),

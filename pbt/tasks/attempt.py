@@ -128,6 +128,16 @@ def run_attempt(
                     scope=scope,
                     recycle=needs_new_process(exc),
                 )
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Only trainer code raises these here (pool processes ignore Ctrl-C; Celery stops
+                # its children with signals, not exceptions): a failed trial, not a dead worker.
+                # The process may hold whatever state the trainer left, so it is replaced.
+                return attempt.result(
+                    TrialStatus.FAILED,
+                    error=f"{type(exc).__name__}: {exc} (raised by the trainer)\n\n{traceback.format_exc()}",
+                    retryable=True,
+                    recycle=True,
+                )
     finally:
         close_trainer(attempt.trainer)
         shutil.rmtree(workdir, ignore_errors=True)
