@@ -77,3 +77,25 @@ def test_json_commands_print_one_object_even_when_they_cannot_start(tmp_path):
                "--broker", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     doc = json.loads(down.stdout)
     assert down.returncode == 5 and doc["reason"] == "environment" and "hunter2" not in down.stdout + down.stderr
+
+
+def test_a_study_another_controller_drives_is_refused_with_exit_3_and_not_announced(tmp_path):
+    import json
+    import signal
+
+    from helpers import toy_data
+
+    from pbt.testing import pbt, pbt_background, wait_for, write_study
+
+    study = write_study(tmp_path / "s.yaml", toy_data(trainer={"config": {"lr": 0.01, "sleep_per_step": 0.05}},
+                                                      budget={"total_steps": 2000}))
+    storage = str(tmp_path / "runs")
+    first = pbt_background("run", str(study), "--storage", storage, "-q", log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: "study toy:" in (tmp_path / "first.log").read_text(), 60, what="the first controller")
+        second = pbt("run", str(study), "--storage", storage, "--json")
+        assert second.returncode == 3, second.stderr
+        assert "already driven by another controller" in second.stderr and "records in" not in second.stderr
+        assert json.loads(second.stdout)["reason"] == "locked"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)

@@ -62,14 +62,25 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str, s
     check_services(spec)  # an unusable broker or storage is one line and exit 5, before anything is shown
     check_identity(spec)  # so is another study's spec under this name (exit 2)
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
-    console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
-    if spec.execution.tensorboard:
-        console.print(f"TensorBoard events go to {spec.execution.tensorboard}/{spec.name} "
-                      f"(tensorboard --logdir {spec.execution.tensorboard})", highlight=False)
     finished_before = _finished_trials(spec)
     progress = progress_view(spec, console, quiet=quiet or json_out)
+    started = False
+
+    def observe(snapshot) -> None:
+        # The header waits for the first tick, i.e. for the study's lease: a study another
+        # controller drives is refused (exit 3) without first being announced as started.
+        nonlocal started
+        if not started:
+            started = True
+            console.print(f"study [bold]{spec.name}[/bold]: {how} {where}; records in {spec.storage}")
+            if spec.execution.tensorboard:
+                console.print(f"TensorBoard events go to {spec.execution.tensorboard}/{spec.name} "
+                              f"(tensorboard --logdir {spec.execution.tensorboard})", highlight=False)
+        if progress:
+            progress.update(snapshot)
+
     try:
-        snapshot = run_study(spec, workers=workers, observer=progress.update if progress else None)
+        snapshot = run_study(spec, workers=workers, observer=observe)
     finally:
         if progress:
             progress.stop()
