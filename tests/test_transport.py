@@ -40,9 +40,10 @@ def task(ex: CeleryExecutor, n: int, attempt: int = 1) -> TrialTask:
                      published_at=time.time())
 
 
-def result(ex: CeleryExecutor, n: int, attempt: int = 1) -> dict:
-    return TrialResult(study=ex.spec.name, trial_id=f"t{n:06d}", attempt=attempt, status=TrialStatus.COMPLETED,
-                       steps_done=4, objective=1.0).model_dump(mode="json") | {"kind": "result"}
+def result(ex: CeleryExecutor, n: int, attempt: int = 1, **over) -> dict:
+    fields = dict(study=ex.spec.name, trial_id=f"t{n:06d}", attempt=attempt, status=TrialStatus.COMPLETED,
+                  steps_done=4, objective=1.0, checkpoint=f"{ex.spec.name}/trials/t{n:06d}/final")
+    return TrialResult(**{**fields, **over}).model_dump(mode="json") | {"kind": "result"}
 
 
 def drain(ex: CeleryExecutor, want: int, seconds: float = 5.0) -> list:
@@ -101,6 +102,32 @@ def test_results_are_acknowledged_only_when_recorded_and_garbage_is_dead_lettere
     assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 0
     assert ex.redis.xlen(ex.stream) == 0, "acknowledged entries are deleted too"
     assert set(ex.inflight) == {"t000002"}
+
+
+def test_results_no_worker_of_the_study_can_have_sent_are_dead_lettered(executor):
+    """Found by the attack pass: a result for another study, for an attempt never published, or a
+    completed one without its checkpoint, XADDed to a running study's stream, was recorded (and
+    the last ended the study: 'policy chose t000002 as a parent, which is not usable', exit 1)."""
+    ex = executor
+    for n in range(4):
+        ex.submit(task(ex, n))
+    ex.flush()
+    letters = deadletter.count(ex.redis)
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 0, study="other"))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 1, attempt=77))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, checkpoint=None))})
+    progress = {"kind": "progress", "study": "other", "trial_id": "t000003", "attempt": 1, "step": 1}
+    ex.redis.xadd(ex.stream, {"k": "progress", "m": json.dumps(progress)})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 3))})
+    events = drain(ex, 1)
+    assert [e.message.trial_id for e in events] == ["t000003"]
+    assert deadletter.count(ex.redis) == letters + 4
+    reasons = " ".join(d.reason for d in deadletter.read(ex.redis, 4))
+    assert "'other'" in reasons and "never published" in reasons and "without a checkpoint" in reasons
+    ex.ack(events)
+    ex.flush()
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 0
+    assert set(ex.inflight) == {"t000000", "t000001", "t000002"}
 
 
 def test_a_new_controller_reads_what_its_predecessor_left_unacknowledged(executor):

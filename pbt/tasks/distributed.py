@@ -45,7 +45,7 @@ from pbt.spec import StudySpec
 from pbt.tasks import channels, deadletter
 from pbt.tasks.celery_app import TASK_NAME, make_app
 from pbt.tasks.executor import Event, Executor
-from pbt.trial import Progress, TrialResult, TrialTask
+from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
 from pbt.urls import redact_url
 
 log = logging.getLogger("pbt.distributed")
@@ -244,17 +244,17 @@ class CeleryExecutor(Executor):
             if raw is None:
                 raise ValueError("an entry without a message (field 'm')")
             if kind == b"result":  # the common case, validated straight from the JSON text
-                result = TrialResult.model_validate_json(raw)
+                result = self._check(TrialResult.model_validate_json(raw))
                 return self._result(result, entry_id)
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError(f"a message that is not an object: {type(body).__name__}")
             kind = body.pop("kind", "result")
             if kind == "progress":
-                return Event(Progress.model_validate(body), receipt=entry_id)
+                return Event(self._check(Progress.model_validate(body)), receipt=entry_id)
             if kind != "result":
                 raise ValueError(f"unknown kind {kind!r}")
-            result = TrialResult.model_validate(body)
+            result = self._check(TrialResult.model_validate(body))
         except (ValueError, TypeError, pydantic.ValidationError) as exc:  # ValidationError: a ValueError
             if fields is not None and entry_id not in self.unacked_dead:  # None: deleted, yet pending
                 deadletter.push(self.redis, deadletter.letter(self.stream, f"{type(exc).__name__}: {exc}",
@@ -263,6 +263,21 @@ class CeleryExecutor(Executor):
                 self.unacked_dead.append(entry_id)
             return None
         return self._result(result, entry_id)
+
+    def _check(self, message: TrialResult | Progress) -> TrialResult | Progress:
+        """Refuse (ValueError: dead-lettered) what no worker of this study can have sent: a
+        message for another study, an attempt this controller never published, a completed
+        result without its final checkpoint (a forged one made the next generation's parent
+        unusable and ended the study with an internal error)."""
+        if message.study != self.spec.name:
+            raise ValueError(f"a message for study {message.study!r} on {self.spec.name!r}'s stream")
+        task = self.inflight.get(message.trial_id)
+        if task is not None and message.attempt > task.attempt:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt} was never published "
+                             f"(its current attempt is {task.attempt})")
+        if isinstance(message, TrialResult) and message.status is TrialStatus.COMPLETED and not message.checkpoint:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt}: a completed result without a checkpoint")
+        return message
 
     def _result(self, result: TrialResult, entry_id: bytes) -> Event:
         task = self.inflight.get(result.trial_id)
