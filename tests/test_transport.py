@@ -172,3 +172,18 @@ def test_liveness_reads_only_the_attempts_that_are_due(executor, monkeypatch):
     assert asked == [50]
     time.sleep(0.25)  # the others are read again (backing off while they wait in the queue), t000007 not
     assert ex._liveness() == [] and asked == [50, 49], "a beat seen is not read again until its lease is near"
+
+
+def test_a_worker_runs_an_attempt_whose_attempt_record_is_not_a_number(executor):
+    """Found by the attack pass: a non-number in ``pbt:<study>:attempts`` made every attempt of the
+    trial raise ValueError in the worker (a traceback; acknowledged unrun, lost until its lease)."""
+    from pbt.tasks.worker import _current_attempt
+
+    ex = executor
+    t = task(ex, 1, attempt=2)
+    key = channels.attempts_key(ex.spec.name)
+    assert _current_attempt(ex.redis, t) is None
+    ex.redis.hset(key, t.trial_id, "3")
+    assert _current_attempt(ex.redis, t) == 3
+    ex.redis.hset(key, t.trial_id, b"\xffgarbage")
+    assert _current_attempt(ex.redis, t) is None

@@ -164,9 +164,9 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         ).model_dump(mode="json") | {"kind": "result"})
         return {"refused": str(exc)}
     _install_sigterm()
-    current = client.hget(channels.attempts_key(t.study), t.trial_id)
-    if current is not None and int(current) > t.attempt:
-        log.info("skipping %s attempt %d: attempt %s superseded it", t.trial_id, t.attempt, int(current))
+    current = _current_attempt(client, t)
+    if current is not None and current > t.attempt:
+        log.info("skipping %s attempt %d: attempt %d superseded it", t.trial_id, t.attempt, current)
         return {"skipped": "superseded"}
     if client.exists(channels.stop_key(t.study, t.trial_id)):
         result = TrialResult(study=t.study, trial_id=t.trial_id, attempt=t.attempt, status=TrialStatus.STOPPED,
@@ -190,6 +190,23 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
     _post(t.study, result.model_dump(mode="json") | {"kind": "result"})
     _health.after(result)
     return {"trial": t.trial_id, "attempt": t.attempt, "status": result.status.value, "objective": result.objective}
+
+
+def _current_attempt(client: Any, t: TrialTask) -> int | None:
+    """The trial's current attempt number as the controller published it; None when unknown.
+
+    A value that is not a number (written by someone else with broker access) is no reason to
+    lose the attempt: it runs, with a warning (it used to raise in the task, so the attempt was
+    acknowledged unrun and waited for its lease)."""
+    raw = client.hget(channels.attempts_key(t.study), t.trial_id)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        log.warning("%s: the attempt record of %s is not a number (%r); running attempt %d",
+                    channels.attempts_key(t.study), t.trial_id, raw[:40], t.attempt)
+        return None
 
 
 def _trust() -> WorkerTrust:
