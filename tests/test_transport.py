@@ -177,13 +177,36 @@ def test_liveness_reads_only_the_attempts_that_are_due(executor, monkeypatch):
 def test_a_worker_runs_an_attempt_whose_attempt_record_is_not_a_number(executor):
     """Found by the attack pass: a non-number in ``pbt:<study>:attempts`` made every attempt of the
     trial raise ValueError in the worker (a traceback; acknowledged unrun, lost until its lease)."""
-    from pbt.tasks.worker import _current_attempt
+    from pbt.tasks.worker import _stale
 
     ex = executor
     t = task(ex, 1, attempt=2)
     key = channels.attempts_key(ex.spec.name)
-    assert _current_attempt(ex.redis, t) is None
+    assert _stale(ex.redis, t) is None
     ex.redis.hset(key, t.trial_id, "3")
-    assert _current_attempt(ex.redis, t) == 3
+    assert "superseded" in _stale(ex.redis, t)
     ex.redis.hset(key, t.trial_id, b"\xffgarbage")
-    assert _current_attempt(ex.redis, t) is None
+    assert _stale(ex.redis, t) is None
+
+
+def test_an_earlier_run_of_a_study_of_the_same_name_is_refused_on_both_sides(executor):
+    """Found by the attack pass (README's one-machine recipe): Ctrl-C a study, delete its records,
+    start it again under the same name: the first run's queued tasks still ran and their results,
+    same trial ids and attempts, were recorded for the new run's trials (with other parameters)."""
+    from pbt.tasks.worker import _stale
+
+    ex = executor
+    old = task(ex, 2).model_copy(update={"study_uid": "1000.000001"})
+    new = task(ex, 2).model_copy(update={"study_uid": "2000.000002"})
+    ex.submit(new)
+    ex.flush()
+    assert ex.redis.hget(channels.attempts_key(ex.spec.name), channels.RUN_FIELD) == b"2000.000002"
+    assert "earlier run" in _stale(ex.redis, old)
+    assert _stale(ex.redis, new) is None
+    letters = deadletter.count(ex.redis)
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, study_uid="1000.000001"))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, study_uid="2000.000002"))})
+    events = drain(ex, 1)
+    assert [e.message.study_uid for e in events] == ["2000.000002"]
+    assert deadletter.count(ex.redis) == letters + 1
+    assert "earlier run" in deadletter.read(ex.redis, 1)[0].reason

@@ -84,6 +84,7 @@ class CeleryExecutor(Executor):
         self.acks: list[bytes] = []  # entries to acknowledge with the next flush
         self.unacked_dead: list[bytes] = []  # dead-lettered entries, acknowledged with the next ack
         self.pending_first = True  # read what a previous controller left unacknowledged first
+        self.uid: str | None = None  # this run of the study (TrialTask.study_uid), from its tasks
         self.pending_after: bytes | str = "0"  # ... after this entry id
         self.group_ready = False
         self.origin = f"{socket.gethostname()} (pid {os.getpid()})"
@@ -103,6 +104,7 @@ class CeleryExecutor(Executor):
         self.inflight[task.trial_id] = task
         self._watch(task.trial_id, first=True)
         self.outbox.append(task)
+        self.uid = task.study_uid or self.uid
 
     def flush(self) -> None:
         """One round trip for the tick: its acknowledgements (:meth:`ack`), then its attempts'
@@ -117,7 +119,10 @@ class CeleryExecutor(Executor):
             pipe.xdel(self.stream, *acks)
         if outbox:
             attempts = channels.attempts_key(self.spec.name)
-            pipe.hset(attempts, mapping={task.trial_id: task.attempt for task in outbox})
+            numbers: dict[str, int | str] = {task.trial_id: task.attempt for task in outbox}
+            if self.uid:  # which run the numbers are of: workers skip an earlier run's tasks
+                numbers[channels.RUN_FIELD] = self.uid
+            pipe.hset(attempts, mapping=numbers)
             pipe.expire(attempts, channels.FLAG_TTL)
             # One LPUSH of every message, in order: workers pop from the other end, first published first.
             pipe.lpush(self.queue, *[self.message(task) for task in outbox])
@@ -161,6 +166,7 @@ class CeleryExecutor(Executor):
         })
 
     def adopt(self, task: TrialTask) -> None:
+        self.uid = task.study_uid or self.uid
         self.inflight[task.trial_id] = task
         self._watch(task.trial_id, first=True)
 
@@ -266,11 +272,14 @@ class CeleryExecutor(Executor):
 
     def _check(self, message: TrialResult | Progress) -> TrialResult | Progress:
         """Refuse (ValueError: dead-lettered) what no worker of this study can have sent: a
-        message for another study, an attempt this controller never published, a completed
+        message for another study or an earlier run of it, an attempt this controller never published, a completed
         result without its final checkpoint (a forged one made the next generation's parent
         unusable and ended the study with an internal error)."""
         if message.study != self.spec.name:
             raise ValueError(f"a message for study {message.study!r} on {self.spec.name!r}'s stream")
+        if self.uid and message.study_uid and message.study_uid != self.uid:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt} is from an earlier run of study "
+                             f"{message.study!r} (run {message.study_uid}, this one is {self.uid})")
         task = self.inflight.get(message.trial_id)
         if task is not None and message.attempt > task.attempt:
             raise ValueError(f"{message.trial_id} attempt {message.attempt} was never published "
