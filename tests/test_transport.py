@@ -210,3 +210,24 @@ def test_an_earlier_run_of_a_study_of_the_same_name_is_refused_on_both_sides(exe
     assert [e.message.study_uid for e in events] == ["2000.000002"]
     assert deadletter.count(ex.redis) == letters + 1
     assert "earlier run" in deadletter.read(ex.redis, 1)[0].reason
+
+
+def test_an_attempt_a_worker_took_just_before_its_lease_was_checked_is_not_declared_lost(executor):
+    """Found by the attack pass: an attempt that waited in the queue about a lease (parallelism
+    above the workers) and was taken just before the lease check was not in the queue and its
+    liveness not yet read: "attempt 1 vanished from the broker; re-publishing", duplicate work."""
+    ex = executor
+    t = task(ex, 4)
+    ex.submit(t)
+    ex.flush()
+    assert ex.in_broker([t]) == {t.trial_id}, "still queued"
+    ex.redis.rpop(ex.queue)  # a worker takes it ...
+    assert ex.in_broker([t]) == set(), "... and dies before its first beat: lost"
+    beat = json.dumps({"attempt": 1, "step": 0, "worker": "w", "at": time.time()})
+    ex.redis.set(channels.alive_key(t.study, t.trial_id), beat)  # ... or beats once
+    assert ex.in_broker([t]) == {t.trial_id}
+    ex.beats[t.trial_id] = beat.encode()  # a beat the controller has seen proves nothing new
+    assert ex.in_broker([t]) == set()
+    stale = json.dumps({"attempt": 0, "step": 0, "worker": "w", "at": time.time()})
+    ex.redis.set(channels.alive_key(t.study, t.trial_id), stale)  # another attempt's beat
+    assert ex.in_broker([t]) == set()

@@ -365,7 +365,8 @@ class CeleryExecutor(Executor):
         return out
 
     def in_broker(self, tasks: Sequence[TrialTask]) -> set[str]:
-        """Trials whose current attempt is still waiting in the trial queue.
+        """Trials whose current attempt is still waiting in the trial queue, or was just taken
+        from it by a worker (:meth:`_just_started`).
 
         Called only for attempts whose lease lapsed; looks through at most ``SCAN_LIMIT`` queued
         messages (oldest first, the end workers take from), and beyond that assumes the rest are
@@ -382,12 +383,33 @@ class CeleryExecutor(Executor):
                         found.add(wanted[tid])
                 if len(found) == len(wanted):
                     break
+            if length > SCAN_LIMIT:
+                return {t.trial_id for t in tasks}  # not all looked at: none is declared lost
+            found |= self._just_started([t for t in tasks if t.trial_id not in found])
         except _RECOVERABLE as exc:
             log.warning("cannot inspect the trial queue: %s; assuming the tasks are still queued", exc)
             return {t.trial_id for t in tasks}
-        if length > SCAN_LIMIT:
-            return {t.trial_id for t in tasks}  # not all looked at: none is declared lost
         return found
+
+    def _just_started(self, tasks: Sequence[TrialTask]) -> set[str]:
+        """Attempts a worker took from the queue since their liveness was last read: their key
+        holds a beat of this attempt the controller has not seen. (Liveness is read on a schedule,
+        so an attempt that waited in the queue about a lease and was taken just before its lease
+        was checked used to be declared vanished and published again: duplicate work.) A worker
+        that died leaves only a beat already seen, or none once its key's TTL ran out."""
+        if not tasks:
+            return set()
+        values = self.redis.mget([channels.alive_key(t.study, t.trial_id) for t in tasks])
+        out = set()
+        for task, raw in zip(tasks, values):
+            if raw is None or raw == self.beats.get(task.trial_id):
+                continue
+            try:
+                if int(json.loads(raw)["attempt"]) == task.attempt:
+                    out.add(task.trial_id)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def close(self) -> None:
         try:
