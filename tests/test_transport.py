@@ -231,3 +231,25 @@ def test_an_attempt_a_worker_took_just_before_its_lease_was_checked_is_not_decla
     stale = json.dumps({"attempt": 0, "step": 0, "worker": "w", "at": time.time()})
     ex.redis.set(channels.alive_key(t.study, t.trial_id), stale)  # another attempt's beat
     assert ex.in_broker([t]) == set()
+
+
+def test_a_second_controller_says_the_study_is_locked_before_saying_it_started(redis_url, tmp_path):
+    """Found by the attack pass: `pbt run` of a study another controller drives printed
+    "study toy: pbt on Celery workers ...; records in ..." and only then the lock error (exit 3)."""
+    import redis as redis_lib
+
+    from pbt.testing import pbt, write_study
+
+    name = f"lk-{uuid.uuid4().hex[:8]}"
+    data = toy_data(name=name)
+    data["broker"] = redis_url
+    study = write_study(tmp_path / "s.yaml", data)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.set(f"pbt:{name}:controller", json.dumps({"host": "elsewhere", "pid": 1, "since": 0}), ex=60)
+    try:
+        out = pbt("run", str(study), "--storage", str(tmp_path / "runs"))
+    finally:
+        client.delete(f"pbt:{name}:controller")
+    assert out.returncode == 3, out.stderr
+    assert "already driven by another controller (host elsewhere" in out.stderr
+    assert "records in" not in out.stdout + out.stderr

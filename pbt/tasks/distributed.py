@@ -465,8 +465,20 @@ class RedisLease:
             self.held = True
             self.last_renew = time.time()
             return
+        raise self._locked(info)
+
+    def check(self) -> None:
+        """Raise StudyLockedError, as :meth:`acquire` would, without taking the lease: so that
+        ``pbt run`` says so before printing that the study started."""
+        holder = self.client.get(self.key)
+        info = json.loads(holder) if holder else {}
+        if not holder or (info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0)))):
+            return
+        raise self._locked(info)
+
+    def _locked(self, info: dict) -> StudyLockedError:
         left = self.client.pttl(self.key) / 1000
-        raise StudyLockedError(
+        return StudyLockedError(
             f"study {self.study!r} is already driven by another controller "
             f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}, via {redact_url(self.url)}); "
             f"stop it first — if it died, its lease lapses in {max(left, 0):.0f}s"
