@@ -253,3 +253,23 @@ def test_a_second_controller_says_the_study_is_locked_before_saying_it_started(r
     assert out.returncode == 3, out.stderr
     assert "already driven by another controller (host elsewhere" in out.stderr
     assert "records in" not in out.stdout + out.stderr
+
+
+def test_a_flood_of_junk_entries_does_not_hide_the_results_behind_it(executor):
+    """Found by the attack pass: 50,000 junk entries XADDed to a running study took a round trip
+    and a log line each to dead-letter, a poll at a time; the results behind them were read only
+    after their leases lapsed, and every trial in flight was charged a failure."""
+    ex = executor
+    ex.submit(task(ex, 5))
+    ex.flush()
+    pipe = ex.redis.pipeline(transaction=False)
+    for n in range(3500):
+        pipe.xadd(ex.stream, {"m": b"junk %d" % n})
+    pipe.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 5))})
+    pipe.execute()
+    events = [e for e in ex.events(0.1) if e.receipt is not None]
+    assert [e.message.trial_id for e in events] == ["t000005"], "one poll reads through the junk"
+    assert deadletter.count(ex.redis) == deadletter.MAX_LETTERS
+    ex.ack(events)
+    ex.flush()
+    assert ex.redis.xlen(ex.stream) == 0
