@@ -141,6 +141,9 @@ class TrialTask(_Model):
     published_at: float = 0.0
     heartbeat_seconds: float = 2.0  # distributed workers refresh their liveness key this often
     lease_seconds: float = 8.0  # ... with this TTL
+    # Which run of the study published it (a study deleted and started again under its name is
+    # another run): results and progress carry it back, so the controller refuses an earlier run's.
+    study_uid: str | None = None
 
 
 class TrialResult(_Model):
@@ -164,6 +167,7 @@ class TrialResult(_Model):
     timings: Timings = Field(default_factory=Timings)
     worker: str | None = None
     finished_at: float = 0.0
+    study_uid: str | None = None  # the task's, echoed by distributed workers
 
 
 class Progress(_Model):
@@ -176,6 +180,7 @@ class Progress(_Model):
     metrics: MetricReport | None = None
     worker: str | None = None
     at: float = 0.0
+    study_uid: str | None = None  # the task's, echoed by distributed workers
 
 
 def trial_seed(seed: int, number: int) -> int:

@@ -40,9 +40,10 @@ def task(ex: CeleryExecutor, n: int, attempt: int = 1) -> TrialTask:
                      published_at=time.time())
 
 
-def result(ex: CeleryExecutor, n: int, attempt: int = 1) -> dict:
-    return TrialResult(study=ex.spec.name, trial_id=f"t{n:06d}", attempt=attempt, status=TrialStatus.COMPLETED,
-                       steps_done=4, objective=1.0).model_dump(mode="json") | {"kind": "result"}
+def result(ex: CeleryExecutor, n: int, attempt: int = 1, **over) -> dict:
+    fields = dict(study=ex.spec.name, trial_id=f"t{n:06d}", attempt=attempt, status=TrialStatus.COMPLETED,
+                  steps_done=4, objective=1.0, checkpoint=f"{ex.spec.name}/trials/t{n:06d}/final")
+    return TrialResult(**{**fields, **over}).model_dump(mode="json") | {"kind": "result"}
 
 
 def drain(ex: CeleryExecutor, want: int, seconds: float = 5.0) -> list:
@@ -103,6 +104,32 @@ def test_results_are_acknowledged_only_when_recorded_and_garbage_is_dead_lettere
     assert set(ex.inflight) == {"t000002"}
 
 
+def test_results_no_worker_of_the_study_can_have_sent_are_dead_lettered(executor):
+    """Found by the attack pass: a result for another study, for an attempt never published, or a
+    completed one without its checkpoint, XADDed to a running study's stream, was recorded (and
+    the last ended the study: 'policy chose t000002 as a parent, which is not usable', exit 1)."""
+    ex = executor
+    for n in range(4):
+        ex.submit(task(ex, n))
+    ex.flush()
+    letters = deadletter.count(ex.redis)
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 0, study="other"))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 1, attempt=77))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, checkpoint=None))})
+    progress = {"kind": "progress", "study": "other", "trial_id": "t000003", "attempt": 1, "step": 1}
+    ex.redis.xadd(ex.stream, {"k": "progress", "m": json.dumps(progress)})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 3))})
+    events = drain(ex, 1)
+    assert [e.message.trial_id for e in events] == ["t000003"]
+    assert deadletter.count(ex.redis) == letters + 4
+    reasons = " ".join(d.reason for d in deadletter.read(ex.redis, 4))
+    assert "'other'" in reasons and "never published" in reasons and "without a checkpoint" in reasons
+    ex.ack(events)
+    ex.flush()
+    assert ex.redis.xpending(ex.stream, ex.group)["pending"] == 0
+    assert set(ex.inflight) == {"t000000", "t000001", "t000002"}
+
+
 def test_a_new_controller_reads_what_its_predecessor_left_unacknowledged(executor):
     ex = executor
     ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 0))})
@@ -145,3 +172,104 @@ def test_liveness_reads_only_the_attempts_that_are_due(executor, monkeypatch):
     assert asked == [50]
     time.sleep(0.25)  # the others are read again (backing off while they wait in the queue), t000007 not
     assert ex._liveness() == [] and asked == [50, 49], "a beat seen is not read again until its lease is near"
+
+
+def test_a_worker_runs_an_attempt_whose_attempt_record_is_not_a_number(executor):
+    """Found by the attack pass: a non-number in ``pbt:<study>:attempts`` made every attempt of the
+    trial raise ValueError in the worker (a traceback; acknowledged unrun, lost until its lease)."""
+    from pbt.tasks.worker import _stale
+
+    ex = executor
+    t = task(ex, 1, attempt=2)
+    key = channels.attempts_key(ex.spec.name)
+    assert _stale(ex.redis, t) is None
+    ex.redis.hset(key, t.trial_id, "3")
+    assert "superseded" in _stale(ex.redis, t)
+    ex.redis.hset(key, t.trial_id, b"\xffgarbage")
+    assert _stale(ex.redis, t) is None
+
+
+def test_an_earlier_run_of_a_study_of_the_same_name_is_refused_on_both_sides(executor):
+    """Found by the attack pass (README's one-machine recipe): Ctrl-C a study, delete its records,
+    start it again under the same name: the first run's queued tasks still ran and their results,
+    same trial ids and attempts, were recorded for the new run's trials (with other parameters)."""
+    from pbt.tasks.worker import _stale
+
+    ex = executor
+    old = task(ex, 2).model_copy(update={"study_uid": "1000.000001"})
+    new = task(ex, 2).model_copy(update={"study_uid": "2000.000002"})
+    ex.submit(new)
+    ex.flush()
+    assert ex.redis.hget(channels.attempts_key(ex.spec.name), channels.RUN_FIELD) == b"2000.000002"
+    assert "earlier run" in _stale(ex.redis, old)
+    assert _stale(ex.redis, new) is None
+    letters = deadletter.count(ex.redis)
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, study_uid="1000.000001"))})
+    ex.redis.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 2, study_uid="2000.000002"))})
+    events = drain(ex, 1)
+    assert [e.message.study_uid for e in events] == ["2000.000002"]
+    assert deadletter.count(ex.redis) == letters + 1
+    assert "earlier run" in deadletter.read(ex.redis, 1)[0].reason
+
+
+def test_an_attempt_a_worker_took_just_before_its_lease_was_checked_is_not_declared_lost(executor):
+    """Found by the attack pass: an attempt that waited in the queue about a lease (parallelism
+    above the workers) and was taken just before the lease check was not in the queue and its
+    liveness not yet read: "attempt 1 vanished from the broker; re-publishing", duplicate work."""
+    ex = executor
+    t = task(ex, 4)
+    ex.submit(t)
+    ex.flush()
+    assert ex.in_broker([t]) == {t.trial_id}, "still queued"
+    ex.redis.rpop(ex.queue)  # a worker takes it ...
+    assert ex.in_broker([t]) == set(), "... and dies before its first beat: lost"
+    beat = json.dumps({"attempt": 1, "step": 0, "worker": "w", "at": time.time()})
+    ex.redis.set(channels.alive_key(t.study, t.trial_id), beat)  # ... or beats once
+    assert ex.in_broker([t]) == {t.trial_id}
+    ex.beats[t.trial_id] = beat.encode()  # a beat the controller has seen proves nothing new
+    assert ex.in_broker([t]) == set()
+    stale = json.dumps({"attempt": 0, "step": 0, "worker": "w", "at": time.time()})
+    ex.redis.set(channels.alive_key(t.study, t.trial_id), stale)  # another attempt's beat
+    assert ex.in_broker([t]) == set()
+
+
+def test_a_second_controller_says_the_study_is_locked_before_saying_it_started(redis_url, tmp_path):
+    """Found by the attack pass: `pbt run` of a study another controller drives printed
+    "study toy: pbt on Celery workers ...; records in ..." and only then the lock error (exit 3)."""
+    import redis as redis_lib
+
+    from pbt.testing import pbt, write_study
+
+    name = f"lk-{uuid.uuid4().hex[:8]}"
+    data = toy_data(name=name)
+    data["broker"] = redis_url
+    study = write_study(tmp_path / "s.yaml", data)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.set(f"pbt:{name}:controller", json.dumps({"host": "elsewhere", "pid": 1, "since": 0}), ex=60)
+    try:
+        out = pbt("run", str(study), "--storage", str(tmp_path / "runs"))
+    finally:
+        client.delete(f"pbt:{name}:controller")
+    assert out.returncode == 3, out.stderr
+    assert "already driven by another controller (host elsewhere" in out.stderr
+    assert "records in" not in out.stdout + out.stderr
+
+
+def test_a_flood_of_junk_entries_does_not_hide_the_results_behind_it(executor):
+    """Found by the attack pass: 50,000 junk entries XADDed to a running study took a round trip
+    and a log line each to dead-letter, a poll at a time; the results behind them were read only
+    after their leases lapsed, and every trial in flight was charged a failure."""
+    ex = executor
+    ex.submit(task(ex, 5))
+    ex.flush()
+    pipe = ex.redis.pipeline(transaction=False)
+    for n in range(3500):
+        pipe.xadd(ex.stream, {"m": b"junk %d" % n})
+    pipe.xadd(ex.stream, {"k": "result", "m": json.dumps(result(ex, 5))})
+    pipe.execute()
+    events = [e for e in ex.events(0.1) if e.receipt is not None]
+    assert [e.message.trial_id for e in events] == ["t000005"], "one poll reads through the junk"
+    assert deadletter.count(ex.redis) == deadletter.MAX_LETTERS
+    ex.ack(events)
+    ex.flush()
+    assert ex.redis.xlen(ex.stream) == 0

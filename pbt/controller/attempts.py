@@ -253,7 +253,16 @@ class Attempts:
             published_at=self.clock(),
             heartbeat_seconds=execution.heartbeat_seconds,
             lease_seconds=execution.lease,
+            study_uid=self.study_uid(),
         )
+
+    def study_uid(self) -> str | None:
+        """Which run of the study this is: its first trial's creation time, durable before any
+        task is published and the same when the study resumes, different when a study of the same
+        name is started again after its records were deleted (whose workers may still post an
+        earlier run's results to the same stream, for the same trial ids and attempts)."""
+        first = self.ledger.get("t000000")
+        return f"{first.created_at:.6f}" if first is not None and first.created_at else None
 
     def _fallbacks(self, trial: Trial) -> list[str]:
         """Older checkpoints along the lineage, tried in order if the parent's fails to verify."""

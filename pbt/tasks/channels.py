@@ -9,7 +9,8 @@ Celery carries the trial tasks; everything else a trial says travels here:
 * **liveness** ``pbt:<study>:alive:<trial>``: a key with a TTL that a thread in the worker
   refreshes while the attempt runs — its absence is how the controller notices a lost worker;
 * **attempts** ``pbt:<study>:attempts``: a hash of each trial's current attempt number, so a stale
-  delivery of an older attempt (restored by the broker after a crash) is skipped instead of re-run;
+  delivery of an older attempt (restored by the broker after a crash) is skipped instead of re-run,
+  and so is a task of an earlier run of the study (field ``~run``: the run the numbers are of);
 * **stop** ``pbt:<study>:stop:<trial>``: the policy early-stopped this trial.
 
 Only ``redis://`` and ``rediss://`` brokers are supported: these keys need Redis.
@@ -56,6 +57,9 @@ def alive_key(study: str, trial_id: str) -> str:
 def attempts_key(study: str) -> str:
     """A hash: trial id -> its current attempt number (one HSET publishes a tick's)."""
     return f"pbt:{study}:attempts"
+
+
+RUN_FIELD = "~run"  # in the attempts hash: the run (TrialTask.study_uid) the numbers are of; no trial id
 
 
 def stop_key(study: str, trial_id: str) -> str:

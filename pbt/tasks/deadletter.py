@@ -61,6 +61,22 @@ def push(client: Any, dead: DeadLetter) -> None:
         log.warning("could not store the dead letter: %s", exc)
 
 
+def push_many(client: Any, letters: list[DeadLetter], shown: int = 3) -> None:
+    """Store ``letters`` in one round trip, logging the first ``shown`` and a count of the rest
+    (a flood of junk must cost neither a round trip nor a log line per message); never raises."""
+    for dead in letters[:shown]:
+        log.warning("dead-lettered a message from %s: %s", dead.queue, dead.reason)
+    if len(letters) > shown:
+        log.warning("dead-lettered %d more messages from %s", len(letters) - shown, letters[shown].queue)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.lpush(KEY, *[json.dumps(dead.to_json()) for dead in letters[-MAX_LETTERS:]])
+        pipe.ltrim(KEY, 0, MAX_LETTERS - 1)
+        pipe.execute()
+    except Exception as exc:  # the broker is down: the messages are dropped, the log lines stay
+        log.warning("could not store %d dead letters: %s", len(letters), exc)
+
+
 def count(client: Any) -> int:
     return int(client.llen(KEY))
 

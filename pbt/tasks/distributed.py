@@ -45,7 +45,7 @@ from pbt.spec import StudySpec
 from pbt.tasks import channels, deadletter
 from pbt.tasks.celery_app import TASK_NAME, make_app
 from pbt.tasks.executor import Event, Executor
-from pbt.trial import Progress, TrialResult, TrialTask
+from pbt.trial import Progress, TrialResult, TrialStatus, TrialTask
 from pbt.urls import redact_url
 
 log = logging.getLogger("pbt.distributed")
@@ -63,6 +63,7 @@ READ_BATCH = 1000  # stream entries read per round trip
 BATCH_SECONDS = float(os.environ.get("PBT_BATCH_SECONDS", 0.15))
 BATCH_ABOVE = 20.0  # results per second
 BATCH = 30
+DRAIN_SECONDS = 2.0  # at most this long reading on through a flood of dead letters in one poll
 SCAN_LIMIT = 20_000  # queued messages looked through when a lease lapsed, at most
 
 
@@ -82,8 +83,10 @@ class CeleryExecutor(Executor):
         self.inflight: dict[str, TrialTask] = {}
         self.outbox: list[TrialTask] = []
         self.acks: list[bytes] = []  # entries to acknowledge with the next flush
-        self.unacked_dead: list[bytes] = []  # dead-lettered entries, acknowledged with the next ack
+        self.unacked_dead: dict[bytes, None] = {}  # dead-lettered entries, acknowledged with the next ack
+        self.letters: list[deadletter.DeadLetter] = []  # stored with one round trip per read
         self.pending_first = True  # read what a previous controller left unacknowledged first
+        self.uid: str | None = None  # this run of the study (TrialTask.study_uid), from its tasks
         self.pending_after: bytes | str = "0"  # ... after this entry id
         self.group_ready = False
         self.origin = f"{socket.gethostname()} (pid {os.getpid()})"
@@ -103,6 +106,7 @@ class CeleryExecutor(Executor):
         self.inflight[task.trial_id] = task
         self._watch(task.trial_id, first=True)
         self.outbox.append(task)
+        self.uid = task.study_uid or self.uid
 
     def flush(self) -> None:
         """One round trip for the tick: its acknowledgements (:meth:`ack`), then its attempts'
@@ -117,7 +121,10 @@ class CeleryExecutor(Executor):
             pipe.xdel(self.stream, *acks)
         if outbox:
             attempts = channels.attempts_key(self.spec.name)
-            pipe.hset(attempts, mapping={task.trial_id: task.attempt for task in outbox})
+            numbers: dict[str, int | str] = {task.trial_id: task.attempt for task in outbox}
+            if self.uid:  # which run the numbers are of: workers skip an earlier run's tasks
+                numbers[channels.RUN_FIELD] = self.uid
+            pipe.hset(attempts, mapping=numbers)
             pipe.expire(attempts, channels.FLAG_TTL)
             # One LPUSH of every message, in order: workers pop from the other end, first published first.
             pipe.lpush(self.queue, *[self.message(task) for task in outbox])
@@ -134,7 +141,7 @@ class CeleryExecutor(Executor):
             return
         if acks and self.unacked_dead:
             acked = set(acks)
-            self.unacked_dead = [i for i in self.unacked_dead if i not in acked]
+            self.unacked_dead = {i: None for i in self.unacked_dead if i not in acked}
 
     def message(self, task: TrialTask) -> str:
         """The message kombu's Redis transport would store for ``send_task`` of this attempt."""
@@ -161,6 +168,7 @@ class CeleryExecutor(Executor):
         })
 
     def adopt(self, task: TrialTask) -> None:
+        self.uid = task.study_uid or self.uid
         self.inflight[task.trial_id] = task
         self._watch(task.trial_id, first=True)
 
@@ -180,12 +188,21 @@ class CeleryExecutor(Executor):
                 time.sleep(pause)
                 timeout = max(0.0, timeout - pause)
         entries: list[tuple[bytes, dict]] = []
+        started, read = time.time(), 0
         try:
             entries = self._read(timeout)
-            for entry_id, fields in entries:
-                event = self._event(entry_id, fields)
-                if event is not None:
-                    out.append(event)
+            while True:
+                read += len(entries)
+                for entry_id, fields in entries:
+                    event = self._event(entry_id, fields)
+                    if event is not None:
+                        out.append(event)
+                # A full read of nothing but dead letters (a flood): read on, so that the results
+                # behind it are recorded before their leases are judged (they used to lapse behind
+                # 50,000 junk entries and each trial was charged a failure).
+                if len(entries) < READ_BATCH or out or time.time() - started > DRAIN_SECONDS:
+                    break
+                entries = self._read(0)
         except (redis.exceptions.RedisError, OSError) as exc:
             # A reply lost with the connection leaves its entries pending: read those again first.
             log.warning("result stream unavailable (%s); retrying", exc)
@@ -193,9 +210,12 @@ class CeleryExecutor(Executor):
             self.pending_first = True
             self.pending_after = "0"
             time.sleep(min(timeout, 1.0))
+        if self.letters:
+            letters, self.letters = self.letters, []
+            deadletter.push_many(self.redis, letters)
         now = time.time()
         if self.last_read:
-            self.rate = 0.7 * self.rate + 0.3 * len(entries) / max(now - self.last_read, 1e-3)
+            self.rate = 0.7 * self.rate + 0.3 * read / max(now - self.last_read, 1e-3)
         self.last_read = now
         out += self._liveness()
         return out
@@ -244,25 +264,42 @@ class CeleryExecutor(Executor):
             if raw is None:
                 raise ValueError("an entry without a message (field 'm')")
             if kind == b"result":  # the common case, validated straight from the JSON text
-                result = TrialResult.model_validate_json(raw)
+                result = self._check(TrialResult.model_validate_json(raw))
                 return self._result(result, entry_id)
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError(f"a message that is not an object: {type(body).__name__}")
             kind = body.pop("kind", "result")
             if kind == "progress":
-                return Event(Progress.model_validate(body), receipt=entry_id)
+                return Event(self._check(Progress.model_validate(body)), receipt=entry_id)
             if kind != "result":
                 raise ValueError(f"unknown kind {kind!r}")
-            result = TrialResult.model_validate(body)
+            result = self._check(TrialResult.model_validate(body))
         except (ValueError, TypeError, pydantic.ValidationError) as exc:  # ValidationError: a ValueError
             if fields is not None and entry_id not in self.unacked_dead:  # None: deleted, yet pending
-                deadletter.push(self.redis, deadletter.letter(self.stream, f"{type(exc).__name__}: {exc}",
-                                                              raw if raw is not None else repr(fields), "controller"))
-            if entry_id not in self.unacked_dead:
-                self.unacked_dead.append(entry_id)
+                self.letters.append(deadletter.letter(self.stream, f"{type(exc).__name__}: {exc}",
+                                                      raw if raw is not None else repr(fields), "controller"))
+            self.unacked_dead[entry_id] = None
             return None
         return self._result(result, entry_id)
+
+    def _check(self, message: TrialResult | Progress) -> TrialResult | Progress:
+        """Refuse (ValueError: dead-lettered) what no worker of this study can have sent: a
+        message for another study or an earlier run of it, an attempt this controller never published, a completed
+        result without its final checkpoint (a forged one made the next generation's parent
+        unusable and ended the study with an internal error)."""
+        if message.study != self.spec.name:
+            raise ValueError(f"a message for study {message.study!r} on {self.spec.name!r}'s stream")
+        if self.uid and message.study_uid and message.study_uid != self.uid:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt} is from an earlier run of study "
+                             f"{message.study!r} (run {message.study_uid}, this one is {self.uid})")
+        task = self.inflight.get(message.trial_id)
+        if task is not None and message.attempt > task.attempt:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt} was never published "
+                             f"(its current attempt is {task.attempt})")
+        if isinstance(message, TrialResult) and message.status is TrialStatus.COMPLETED and not message.checkpoint:
+            raise ValueError(f"{message.trial_id} attempt {message.attempt}: a completed result without a checkpoint")
+        return message
 
     def _result(self, result: TrialResult, entry_id: bytes) -> Event:
         task = self.inflight.get(result.trial_id)
@@ -273,7 +310,7 @@ class CeleryExecutor(Executor):
     def ack(self, events: Sequence[Event]) -> None:
         """Acknowledge (XACK and XDEL) the entries of recorded events, and the dead letters, with
         the tick's :meth:`flush`: one round trip for both."""
-        self.acks = [e.receipt for e in events if e.receipt is not None] + self.unacked_dead
+        self.acks = [e.receipt for e in events if e.receipt is not None] + list(self.unacked_dead)
 
     # Liveness -------------------------------------------------------------------------------
 
@@ -341,7 +378,8 @@ class CeleryExecutor(Executor):
         return out
 
     def in_broker(self, tasks: Sequence[TrialTask]) -> set[str]:
-        """Trials whose current attempt is still waiting in the trial queue.
+        """Trials whose current attempt is still waiting in the trial queue, or was just taken
+        from it by a worker (:meth:`_just_started`).
 
         Called only for attempts whose lease lapsed; looks through at most ``SCAN_LIMIT`` queued
         messages (oldest first, the end workers take from), and beyond that assumes the rest are
@@ -358,12 +396,33 @@ class CeleryExecutor(Executor):
                         found.add(wanted[tid])
                 if len(found) == len(wanted):
                     break
+            if length > SCAN_LIMIT:
+                return {t.trial_id for t in tasks}  # not all looked at: none is declared lost
+            found |= self._just_started([t for t in tasks if t.trial_id not in found])
         except _RECOVERABLE as exc:
             log.warning("cannot inspect the trial queue: %s; assuming the tasks are still queued", exc)
             return {t.trial_id for t in tasks}
-        if length > SCAN_LIMIT:
-            return {t.trial_id for t in tasks}  # not all looked at: none is declared lost
         return found
+
+    def _just_started(self, tasks: Sequence[TrialTask]) -> set[str]:
+        """Attempts a worker took from the queue since their liveness was last read: their key
+        holds a beat of this attempt the controller has not seen. (Liveness is read on a schedule,
+        so an attempt that waited in the queue about a lease and was taken just before its lease
+        was checked used to be declared vanished and published again: duplicate work.) A worker
+        that died leaves only a beat already seen, or none once its key's TTL ran out."""
+        if not tasks:
+            return set()
+        values = self.redis.mget([channels.alive_key(t.study, t.trial_id) for t in tasks])
+        out = set()
+        for task, raw in zip(tasks, values):
+            if raw is None or raw == self.beats.get(task.trial_id):
+                continue
+            try:
+                if int(json.loads(raw)["attempt"]) == task.attempt:
+                    out.add(task.trial_id)
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def close(self) -> None:
         try:
@@ -419,8 +478,20 @@ class RedisLease:
             self.held = True
             self.last_renew = time.time()
             return
+        raise self._locked(info)
+
+    def check(self) -> None:
+        """Raise StudyLockedError, as :meth:`acquire` would, without taking the lease: so that
+        ``pbt run`` says so before printing that the study started."""
+        holder = self.client.get(self.key)
+        info = json.loads(holder) if holder else {}
+        if not holder or (info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0)))):
+            return
+        raise self._locked(info)
+
+    def _locked(self, info: dict) -> StudyLockedError:
         left = self.client.pttl(self.key) / 1000
-        raise StudyLockedError(
+        return StudyLockedError(
             f"study {self.study!r} is already driven by another controller "
             f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}, via {redact_url(self.url)}); "
             f"stop it first — if it died, its lease lapses in {max(left, 0):.0f}s"

@@ -136,6 +136,9 @@ class WorkerTrust:
         return task.model_copy(update={"storage": storage})
 
 
+_UID = re.compile(r"[0-9A-Za-z._-]{1,64}")  # TrialTask.study_uid: compared, never used as a path
+
+
 def decode_task(args: Any, kwargs: Any) -> TrialTask:
     """The task in a message's arguments, checked field by field; raises :class:`Malformed`."""
     if args not in ((), []) or not isinstance(kwargs, dict) or set(kwargs) != {"task"}:
@@ -167,6 +170,8 @@ def _check_values(task: TrialTask) -> None:
     _in_range("steps", task.steps, 1, MAX_STEPS)
     _in_range("start_lineage_steps", task.start_lineage_steps, 0, MAX_STEPS)
     _in_range("seed", task.seed, 0, 2**63 - 1)
+    if task.study_uid is not None and not _UID.fullmatch(task.study_uid):
+        raise ValueError(f"study_uid: {_short(task.study_uid)} is not a run id")
     if task.checkpoint_every is not None:
         _in_range("checkpoint_every", task.checkpoint_every, 1, MAX_STEPS)
     for name in ("published_at", "heartbeat_seconds", "lease_seconds"):

@@ -90,7 +90,8 @@ class _RedisReporter:
         # Liveness alone is the heartbeat thread's job, and the last step's metrics travel with
         # the result that follows at once: one message per trial where the trial is one chunk.
         if progress.metrics is not None and progress.step < self.task.steps:
-            _post(self.task.study, progress.model_dump(mode="json") | {"kind": "progress"})
+            _post(self.task.study, progress.model_dump(mode="json") | {"kind": "progress",
+                                                                         "study_uid": self.task.study_uid})
 
     def interrupt(self) -> Interrupt:
         from celery.worker import state
@@ -160,14 +161,14 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         _post(task.study, TrialResult(
             study=task.study, trial_id=task.trial_id, attempt=task.attempt, status=TrialStatus.FAILED,
             error=f"{worker}: {exc}", retryable=True, scope=FailureScope.WORKER, worker=worker,
-            finished_at=time.time(),
+            finished_at=time.time(), study_uid=task.study_uid,
         ).model_dump(mode="json") | {"kind": "result"})
         return {"refused": str(exc)}
     _install_sigterm()
-    current = client.hget(channels.attempts_key(t.study), t.trial_id)
-    if current is not None and int(current) > t.attempt:
-        log.info("skipping %s attempt %d: attempt %s superseded it", t.trial_id, t.attempt, int(current))
-        return {"skipped": "superseded"}
+    stale = _stale(client, t)
+    if stale:
+        log.info("skipping %s attempt %d: %s", t.trial_id, t.attempt, stale)
+        return {"skipped": stale}
     if client.exists(channels.stop_key(t.study, t.trial_id)):
         result = TrialResult(study=t.study, trial_id=t.trial_id, attempt=t.attempt, status=TrialStatus.STOPPED,
                              error="stopped early by the policy before it started", worker=worker,
@@ -187,9 +188,30 @@ def run_trial_task(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
                 client.delete(channels.alive_key(t.study, t.trial_id))
             except Exception as exc:
                 log.debug("could not clear the liveness key: %s", exc)
-    _post(t.study, result.model_dump(mode="json") | {"kind": "result"})
+    _post(t.study, result.model_dump(mode="json") | {"kind": "result", "study_uid": t.study_uid})
     _health.after(result)
     return {"trial": t.trial_id, "attempt": t.attempt, "status": result.status.value, "objective": result.objective}
+
+
+def _stale(client: Any, t: TrialTask) -> str | None:
+    """Why ``t`` is not to run: a later attempt superseded it, or it is a task of an earlier run
+    of its study (one deleted and started again under the same name); None: run it.
+
+    The controller's attempts hash says (one round trip). A value that is not a number (written
+    by someone else with broker access) is no reason to lose the attempt: it runs, with a warning
+    (it used to raise in the task, so the attempt was acknowledged unrun and waited for its lease)."""
+    raw, run = client.hmget(channels.attempts_key(t.study), [t.trial_id, channels.RUN_FIELD])
+    if run is not None and t.study_uid and run.decode(errors="replace") != t.study_uid:
+        return f"a task of an earlier run of study {t.study!r} (run {t.study_uid}, now {run.decode(errors='replace')})"
+    if raw is None:
+        return None
+    try:
+        current = int(raw)
+    except ValueError:
+        log.warning("%s: the attempt record of %s is not a number (%r); running attempt %d",
+                    channels.attempts_key(t.study), t.trial_id, raw[:40], t.attempt)
+        return None
+    return f"attempt {current} superseded it" if current > t.attempt else None
 
 
 def _trust() -> WorkerTrust:
