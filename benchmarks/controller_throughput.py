@@ -5,7 +5,8 @@ pbt itself: publishing, the result queue, journalling, the policy) runs on real 
 for populations of 100, 1,000 and 10,000 (parallelism = population), a few generations each.
 The controller runs in this process; its CPU time is sampled as trials are applied, so the
 cost per trial early and late in a study can be compared: flat means linear total cost,
-growing means quadratic.
+growing means quadratic. A small unreported study runs first, so that one-off imports are not
+charged to the first population's trials.
 
 Redis traffic is counted on the controller's side by wrapping redis-py's connection in this
 process (every command sent, every round trip, a pipeline being one), and for everyone (workers
@@ -218,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             sizes = message_sizes(parse_spec(study(100, 1, pool, str(Path(tmp) / "sizes"))))
             raw = ceiling(url, *sizes)
             print(f"raw transport ceiling: {raw}", file=sys.stderr)
+            # Warm-up, not reported: the first study in a process pays its one-off imports (Celery's
+            # protocol, kombu, pydantic schemas: ~30 ms of CPU, which would be 0.1 ms per trial at
+            # population 100), a cost per controller process, not per trial.
+            measure(10, 1, pool, Path(tmp) / "warmup", counter)
             for population in args.populations:
                 row = measure(population, args.generations, pool, Path(tmp) / f"p{population}", counter)
                 row["vs_ceiling"] = {
