@@ -290,33 +290,15 @@ def test_early_stop_names_only_running_trials():
 
 @pytest.mark.slow
 def test_pbt_early_stop_stops_the_same_trials_embedded_and_distributed_and_saves_steps(tmp_path):
-    from test_distributed import FAST, WORKER_ENV
+    from test_edges import run_embedded_and_distributed
     from test_embedded_study import assert_complete_and_once
-
-    from pbt.testing import RedisServer, Workers, pbt, status, write_study
 
     data = toy_data(name="pbt-early", budget={"total_steps": 1200}, seed=2,
                     trainer={"config": {"lr": 0.01, "sleep_per_step": 0.002}},
                     execution={"parallelism": 2, "checkpoint_every": 5})
     data["algorithm"] = {"name": "pbt", "options": {"population_size": 6, "steps_per_trial": 20,
                                                     "early_stop": {"quantile": 0.25, "min_peers": 3}}}
-    embedded = write_study(tmp_path / "e.yaml", data)
-    proc = pbt("run", str(embedded), "--storage", str(tmp_path / "e"), "--workers", "2", "-q", timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    runs = [status("pbt-early", str(tmp_path / "e"))]
-    server = RedisServer(tmp_path)
-    server.start()
-    pool = Workers(server.url, tmp_path, WORKER_ENV)
-    try:
-        pool.start(2)
-        data["execution"] = {**data["execution"], **FAST, "queue": pool.queue}
-        distributed = write_study(tmp_path / "d.yaml", {**data, "broker": pool.broker})
-        proc = pbt("run", str(distributed), "--storage", str(tmp_path / "d"), "-q", timeout=240)
-        assert proc.returncode == 0, proc.stderr
-    finally:
-        pool.stop_all()
-        server.stop()
-    runs.append(status("pbt-early", str(tmp_path / "d")))
+    runs = run_embedded_and_distributed(tmp_path, data)
     stopped = [{t["id"]: t["metadata"]["stop_step"] for t in r["trials"] if t["status"] == "stopped"} for r in runs]
     assert len(stopped[0]) >= 3, "trials clearly among the worst are stopped"
     assert stopped[0] == stopped[1], "the same seed stops the same trials at the same steps"

@@ -83,29 +83,36 @@ def _stopped(data: dict) -> dict[str, int]:
     return {t["id"]: t["metadata"]["stop_step"] for t in data["trials"] if t["status"] == "stopped"}
 
 
+def run_embedded_and_distributed(tmp_path, data: dict) -> list[dict]:
+    """Run study ``data`` on embedded workers, then on Celery workers on a private Redis (stop
+    flags are per study name, and another run may share a Redis); both runs' ``status --json``."""
+    name = data["name"]
+    embedded = write_study(tmp_path / "e.yaml", data)
+    proc = pbt("run", str(embedded), "--storage", str(tmp_path / "e"), "--workers", "2", "-q", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    runs = [status(name, str(tmp_path / "e"))]
+    server = RedisServer(tmp_path)
+    server.start()
+    pool = Workers(server.url, tmp_path, WORKER_ENV)
+    try:
+        pool.start(2)
+        execution = {**data["execution"], **FAST, "queue": pool.queue}
+        distributed = write_study(tmp_path / "d.yaml", {**data, "execution": execution, "broker": pool.broker})
+        proc = pbt("run", str(distributed), "--storage", str(tmp_path / "d"), "-q", timeout=240)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        pool.stop_all()
+        server.stop()
+    return [*runs, status(name, str(tmp_path / "d"))]
+
+
 def test_median_stopping_stops_the_same_trials_embedded_and_distributed_and_saves_steps(tmp_path):
     # shared/cases/median-stop-deterministic: it used to stop nothing in the default ordering.
     data = toy_data(name="median", budget={"total_steps": 3200}, seed=3,
                     trainer={"config": {"lr": 0.01, "sleep_per_step": 0.002}},
                     execution={"parallelism": 2, "checkpoint_every": 20})
     data["algorithm"] = MEDIAN
-    embedded = write_study(tmp_path / "e.yaml", data)
-    proc = pbt("run", str(embedded), "--storage", str(tmp_path / "e"), "--workers", "2", "-q", timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    runs = [status("median", str(tmp_path / "e"))]
-    server = RedisServer(tmp_path)  # private: stop flags are per study name, and another run may share it
-    server.start()
-    pool = Workers(server.url, tmp_path, WORKER_ENV)
-    try:
-        pool.start(2)
-        data["execution"] = {**data["execution"], **FAST, "queue": pool.queue}
-        distributed = write_study(tmp_path / "d.yaml", {**data, "broker": pool.broker})
-        proc = pbt("run", str(distributed), "--storage", str(tmp_path / "d"), "-q", timeout=240)
-        assert proc.returncode == 0, proc.stderr
-    finally:
-        pool.stop_all()
-        server.stop()
-    runs.append(status("median", str(tmp_path / "d")))
+    runs = run_embedded_and_distributed(tmp_path, data)
     for data in runs:
         assert_complete_and_once(data)
     stopped = _stopped(runs[0])
