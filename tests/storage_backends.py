@@ -151,6 +151,22 @@ def open_backend(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return Backend(kind, uri, S3ObjectStore(uri, settings), settings, bucket)
 
 
+class S3Backed:
+    """The S3 side of a storage contract suite: a moto-backed store, reopened from its settings."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+        return open_backend("s3", tmp_path, monkeypatch)
+
+    @pytest.fixture
+    def open_store(self, backend: Backend) -> Callable[..., ObjectStore]:
+        return backend.open
+
+    def recipe(self, store: ObjectStore) -> tuple[Callable[..., ObjectStore], tuple[Any, ...]]:
+        assert isinstance(store, S3ObjectStore)
+        return S3ObjectStore, (store.uri, store.settings)  # moto's endpoint is in the settings, not the env
+
+
 def fast_backoff(monkeypatch: pytest.MonkeyPatch, scale: float = 0.01) -> None:
     """Shrink botocore's back-off delays (not its decisions): retry tests take milliseconds."""
     original = ExponentialBackoff.delay_amount

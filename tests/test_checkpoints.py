@@ -11,7 +11,6 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import storage_backends as sb
@@ -19,7 +18,6 @@ import storage_backends as sb
 from pbt.errors import CorruptCheckpointError, StorageError
 from pbt.storage.base import ObjectStore
 from pbt.storage.checkpoints import CheckpointStore
-from pbt.storage.s3 import S3ObjectStore
 from pbt.testing import CheckpointContract
 from pbt.testing.storage import CHECKPOINT_FILES as FILES
 from pbt.testing.storage import CHECKPOINT_NAME as NAME
@@ -43,18 +41,7 @@ class TestLocalCheckpoints(CheckpointContract):
         return sb.open_backend("file", tmp_path, monkeypatch).open
 
 
-class TestS3Checkpoints(CheckpointContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> sb.Backend:
-        return sb.open_backend("s3", tmp_path, monkeypatch)
-
-    @pytest.fixture
-    def open_store(self, backend: sb.Backend) -> OpenStore:
-        return backend.open
-
-    def recipe(self, store: ObjectStore) -> tuple[Callable[..., ObjectStore], tuple[Any, ...]]:
-        assert isinstance(store, S3ObjectStore)
-        return S3ObjectStore, (store.uri, store.settings)  # moto's endpoint is in the settings, not the env
+class TestS3Checkpoints(sb.S3Backed, CheckpointContract):
 
     def test_multipart_sized_checkpoint(self, store: ObjectStore, tmp_path: Path, inject: Callable) -> None:
         counter = inject(store)

@@ -12,7 +12,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import storage_backends as sb
@@ -62,18 +61,7 @@ class TestLocalObjectStore(ObjectStoreContract):
         return local_raw_keys(store)
 
 
-class TestS3ObjectStore(ObjectStoreContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> sb.Backend:
-        return sb.open_backend("s3", tmp_path, monkeypatch)
-
-    @pytest.fixture
-    def open_store(self, backend: sb.Backend) -> OpenStore:
-        return backend.open
-
-    def recipe(self, store: ObjectStore) -> tuple[Callable[..., ObjectStore], tuple[Any, ...]]:
-        assert isinstance(store, S3ObjectStore)
-        return S3ObjectStore, (store.uri, store.settings)  # moto's endpoint is in the settings, not the env
+class TestS3ObjectStore(sb.S3Backed, ObjectStoreContract):
 
     def raw_keys(self, store: ObjectStore) -> list[str]:
         return s3_raw_keys(store)
