@@ -35,12 +35,11 @@ class Attempts:
 
     def __init__(
         self, spec: StudySpec, executor: Executor, ledger: Ledger, storage_uri: str, clock: Callable[[], float],
-        required_metrics: Sequence[str] | None = None,
+        required_metrics: Sequence[str],
     ) -> None:
         self.spec = spec
         # Besides the objective, what every evaluation must report (Policy.required_metrics).
-        self.required_metrics = list(required_metrics if required_metrics is not None
-                                     else [o.metric for o in spec.further_objectives])
+        self.required_metrics = list(required_metrics)
         self.executor = executor
         self.ledger = ledger
         self.storage_uri = storage_uri
