@@ -43,18 +43,6 @@ def check_services(spec: StudySpec) -> None:
         check_broker(spec.broker)
 
 
-def check_lock(spec: StudySpec) -> None:
-    """Refuse, before anything is shown, a distributed study another controller drives (exit 3)."""
-    if spec.broker:
-        from pbt.tasks.distributed import RedisLease
-
-        lease = RedisLease(spec.broker, spec.name)
-        try:
-            lease.check()
-        finally:
-            lease.client.close()
-
-
 def check_identity(spec: StudySpec) -> None:
     """Refuse, before anything is shown or run, a spec whose identity differs from the stored study's
     of the same name (the controller's own check, made early so that the error is not preceded by a

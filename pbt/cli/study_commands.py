@@ -55,13 +55,12 @@ def drive(spec, *, workers: int | None, quiet: bool, json_out: bool, how: str, s
     Exits with the study's status (README, "Exit status"): 0 with a best trial, 1 when it failed,
     4 when paused.
     """
-    from pbt.launch import check_identity, check_lock, check_services, run_study
+    from pbt.launch import check_identity, check_services, run_study
     from pbt.study_state import Outcome
     from pbt.urls import redact_url
 
     check_services(spec)  # an unusable broker or storage is one line and exit 5, before anything is shown
     check_identity(spec)  # so is another study's spec under this name (exit 2)
-    check_lock(spec)  # and another controller driving it (exit 3)
     where = f"Celery workers via {redact_url(spec.broker)}" if spec.broker else "embedded workers"
     finished_before = _finished_trials(spec)
     progress = progress_view(spec, console, quiet=quiet or json_out)

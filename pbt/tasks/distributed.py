@@ -480,15 +480,6 @@ class RedisLease:
             return
         raise self._locked(info)
 
-    def check(self) -> None:
-        """Raise StudyLockedError, as :meth:`acquire` would, without taking the lease: so that
-        ``pbt run`` says so before printing that the study started."""
-        holder = self.client.get(self.key)
-        info = json.loads(holder) if holder else {}
-        if not holder or (info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0)))):
-            return
-        raise self._locked(info)
-
     def _locked(self, info: dict) -> StudyLockedError:
         left = self.client.pttl(self.key) / 1000
         return StudyLockedError(
